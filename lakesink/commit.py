@@ -1,0 +1,202 @@
+"""The commit protocol: one Delta commit of the staged files plus `txn(app_id, position)`.
+
+1. Check the snapshot's `txn` for the app id; if it already holds the position (or more), skip.
+2. Commit against that same snapshot. delta-rs's conflict check then rejects the commit if any
+   commit since the snapshot carries the same app id, so check and commit cannot be split by a
+   concurrent writer (a second copy of the job, or a zombie).
+3. A rejected commit (CommitFailedError) is never retried blindly: refresh, re-check, and only
+   then try again.
+4. Any other error may have come *after* the log entry was written (timeout, reset, failed
+   post-commit hook): the outcome is unknown. Refresh and decide from `txn`; if the log cannot be
+   read, raise CommitOutcomeUnknown and keep the staged files, so a rerun resolves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+from deltalake import CommitProperties, PostCommitHookProperties, Transaction
+from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError
+from deltalake.transaction import AddAction
+
+from lakesink import __version__
+from lakesink.crashpoints import crash_point
+from lakesink.errors import (
+    CommitOutcomeUnknown,
+    ConcurrentWriterError,
+    LakesinkError,
+    StorageUnavailable,
+    TerminalError,
+)
+from lakesink.stage import StagedFile
+from lakesink.table import TableHandle, translate
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What one `Sink.write` did.
+
+    `status` is "committed" (the rows are in the table now) or "skipped" (the position was already
+    committed: by an earlier run, a concurrent copy of the job, or a lost answer that had landed).
+    """
+
+    status: Literal["committed", "skipped"]
+    app_id: str
+    position: int
+    committed_position: int | None
+    table_version: int
+    rows: int = 0
+    files: int = 0
+    reason: str = ""
+
+    @property
+    def committed(self) -> bool:
+        return self.status == "committed"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPolicy:
+    """How hard to try before giving up; all waits go through the injected `sleep`."""
+
+    max_attempts: int = 8
+    resolve_attempts: int = 6
+    backoff_seconds: float = 0.2
+
+
+def commit_staged(
+    handle: TableHandle,
+    staged: Sequence[StagedFile],
+    *,
+    app_id: str,
+    position: int,
+    schema: pa.Schema,
+    partition_by: Sequence[str],
+    clock: Callable[[], float],
+    sleep: Callable[[float], None] = time.sleep,
+    policy: CommitPolicy = CommitPolicy(),
+) -> WriteResult:
+    """Commit `staged` with `txn(app_id, position)` exactly once.
+
+    Raises:
+        ConcurrentWriterError: other writers with this app id won `policy.max_attempts` times in a row.
+        CommitOutcomeUnknown: the commit may have landed and the log could not be read to decide.
+        TerminalError: delta-rs refused the commit for a reason retrying cannot fix.
+    """
+    rows = sum(f.num_records for f in staged)
+    last_error: BaseException | None = None
+    for attempt in range(policy.max_attempts):
+        committed = handle.committed_position(app_id)
+        if committed is not None and committed >= position:
+            reason = "already committed" if attempt == 0 else "committed by a concurrent writer or an earlier attempt"
+            return _skipped(handle, app_id, position, committed, reason)
+        read_version = handle.version()
+        now_ms = int(clock() * 1000)
+        try:
+            crash_point("before_commit")
+            handle.table.create_write_transaction(
+                [_add_action(f, now_ms) for f in staged],
+                "append",
+                schema,
+                partition_by=list(partition_by) or None,
+                commit_properties=CommitProperties(
+                    custom_metadata=_commit_info(app_id, position),
+                    app_transactions=[Transaction(app_id, position, now_ms)],
+                ),
+                post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=None),
+            )
+        except CommitFailedError as exc:
+            # Another writer with this app id committed since our snapshot: re-check, never re-send.
+            last_error = exc
+            _refresh_or_unknown(handle, app_id, position, exc, sleep=sleep, policy=policy)
+            continue
+        except (DeltaProtocolError, SchemaMismatchError, ValueError, TypeError) as exc:
+            raise translate(exc, None, doing=f"commit position {position} of {app_id!r}") from exc
+        except Exception as exc:  # noqa: BLE001 - every other failure leaves the outcome unknown
+            last_error = exc
+            _refresh_or_unknown(handle, app_id, position, exc, sleep=sleep, policy=policy)
+            sleep(_backoff(policy, attempt))
+            continue
+        crash_point("after_commit")
+        try:
+            handle.refresh()
+        except StorageUnavailable:
+            pass  # the commit landed; the next write refreshes before it trusts the snapshot
+        else:
+            handle.note_own_commit(app_id, position, read_version=read_version)
+        return WriteResult(
+            status="committed",
+            app_id=app_id,
+            position=position,
+            committed_position=position,
+            table_version=handle.version(),
+            rows=rows,
+            files=len(staged),
+        )
+    if isinstance(last_error, CommitFailedError):
+        raise ConcurrentWriterError(
+            f"gave up committing position {position} of {app_id!r}: another writer with the same app id "
+            f"committed first {policy.max_attempts} times. Run one copy of a job per app id."
+        ) from last_error
+    raise CommitOutcomeUnknown(
+        f"could not commit position {position} of {app_id!r} after {policy.max_attempts} attempts "
+        f"({translate(last_error, None, doing='commit') if last_error else 'no error'}); staged files are kept, rerun to resolve",
+        table_uri=handle.uri,
+        app_id=app_id,
+        position=position,
+    ) from last_error
+
+
+def _refresh_or_unknown(
+    handle: TableHandle,
+    app_id: str,
+    position: int,
+    cause: BaseException,
+    *,
+    sleep: Callable[[float], None],
+    policy: CommitPolicy,
+) -> None:
+    """Bring the snapshot up to date so the next check decides; give up as CommitOutcomeUnknown."""
+    for attempt in range(policy.resolve_attempts):
+        try:
+            handle.refresh()
+            return
+        except LakesinkError as exc:
+            if isinstance(exc, TerminalError):
+                raise
+            sleep(_backoff(policy, attempt))
+    raise CommitOutcomeUnknown(
+        f"the commit of position {position} for {app_id!r} may or may not have landed "
+        f"({translate(cause, None, doing='commit')}) and the log could not be read back to decide. "
+        "Staged files are kept; rerun the same write when the store answers and it will skip or commit.",
+        table_uri=handle.uri,
+        app_id=app_id,
+        position=position,
+    ) from cause
+
+
+def _backoff(policy: CommitPolicy, attempt: int) -> float:
+    return float(policy.backoff_seconds * (2 ** min(attempt, 6)))
+
+
+def _skipped(handle: TableHandle, app_id: str, position: int, committed: int, reason: str) -> WriteResult:
+    return WriteResult(
+        status="skipped",
+        app_id=app_id,
+        position=position,
+        committed_position=committed,
+        table_version=handle.version(),
+        reason=reason,
+    )
+
+
+def _add_action(staged: StagedFile, now_ms: int) -> AddAction:
+    return AddAction(staged.path, staged.size, dict(staged.partition_values), now_ms, True, staged.stats)
+
+
+def _commit_info(app_id: str, position: int) -> dict[str, object]:
+    # Only this whitelist reaches commitInfo: never options, paths with credentials or user data.
+    return {"lakesink.version": __version__, "lakesink.appId": app_id, "lakesink.position": position}

@@ -1,0 +1,148 @@
+"""Fit incoming Arrow data to a Delta table's schema, or say precisely why it does not fit.
+
+delta-rs does not reject every mismatched append made through `create_write_transaction`, so the
+check lives here: columns are matched by name, types may only widen losslessly, missing nullable
+columns become nulls, and new columns are added only when the caller opts in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakesink.convert import plain_type
+from lakesink.errors import SchemaMismatch
+
+_INT_ORDER = [pa.int8(), pa.int16(), pa.int32(), pa.int64()]
+_UNSIGNED_TO_SIGNED = {
+    pa.uint8(): pa.int16(),
+    pa.uint16(): pa.int32(),
+    pa.uint32(): pa.int64(),
+    pa.uint64(): pa.int64(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """Data cast to the table's column order and types, plus the columns the table must gain first."""
+
+    table: pa.Table
+    new_fields: tuple[pa.Field, ...]
+
+
+def delta_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type Delta stores for `t`: plain strings, signed ints, microsecond timestamps."""
+    t = plain_type(t)
+    if t in _UNSIGNED_TO_SIGNED:
+        return _UNSIGNED_TO_SIGNED[t]
+    if pa.types.is_null(t):
+        # Delta has no null type: a column that is null everywhere so far is typed as string.
+        return pa.string()
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us", tz="UTC" if t.tz else None)
+    if pa.types.is_time(t) or pa.types.is_duration(t) or pa.types.is_interval(t):
+        raise SchemaMismatch(f"Delta has no type for {t}: cast the column to a string or integer first")
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_date64(t):
+        return pa.date32()
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(delta_type(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(delta_type(t.field(i).type)) for i in range(t.num_fields)])
+    if pa.types.is_map(t):
+        return pa.map_(delta_type(t.key_type), delta_type(t.item_type))
+    return t
+
+
+def delta_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a new table gets for data of `schema`."""
+    return pa.schema([pa.field(f.name, delta_type(f.type), nullable=True) for f in schema])
+
+
+def fit(data: pa.Table, table_schema: pa.Schema | None, *, evolve: bool) -> Fitted:
+    """Cast `data` to `table_schema` (or to a new table's schema when it is None).
+
+    Raises:
+        SchemaMismatch: a type conflict, a new column without `evolve`, a missing non-nullable
+            column, or nulls in a non-nullable column; the message names the column and the fix.
+    """
+    _reject_duplicate_names(data.schema)
+    if table_schema is None:
+        target = delta_schema(data.schema)
+        return Fitted(table=_cast_columns(data, target), new_fields=())
+    table_fields = {f.name: f for f in table_schema}
+    extra = [f for f in data.schema if f.name not in table_fields]
+    if extra and not evolve:
+        names = ", ".join(repr(f.name) for f in extra)
+        raise SchemaMismatch(
+            f"column(s) {names} are not in the table; to add them as nullable columns, "
+            "pass evolve_schema=True (CLI: --evolve-schema), or drop them from the input"
+        )
+    new_fields = tuple(pa.field(f.name, delta_type(f.type), nullable=True) for f in extra)
+    target = pa.schema(list(table_schema) + list(new_fields))
+    columns = []
+    for field in target:
+        if field.name in data.column_names:
+            columns.append(_cast_column(data.column(field.name), field))
+        elif field.nullable:
+            columns.append(pa.nulls(data.num_rows, type=field.type))
+        else:
+            raise SchemaMismatch(f"column {field.name!r} is required by the table (not nullable) but missing from the input")
+    return Fitted(table=pa.Table.from_arrays(columns, schema=target), new_fields=new_fields)
+
+
+def _reject_duplicate_names(schema: pa.Schema) -> None:
+    seen: set[str] = set()
+    for name in schema.names:
+        if name.lower() in seen:
+            raise SchemaMismatch(f"column {name!r} appears twice (Delta column names are case-insensitive)")
+        seen.add(name.lower())
+
+
+def _cast_columns(data: pa.Table, target: pa.Schema) -> pa.Table:
+    return pa.Table.from_arrays([_cast_column(data.column(f.name), f) for f in target], schema=target)
+
+
+def _cast_column(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    source = column.type
+    if not field.nullable and column.null_count:
+        raise SchemaMismatch(f"column {field.name!r} is not nullable in the table but has {column.null_count} null(s)")
+    if source == field.type:
+        return column
+    if not _may_widen(source, field.type):
+        raise SchemaMismatch(
+            f"column {field.name!r} is {field.type} in the table but {source} in the input; "
+            f"cast it to {field.type} before writing, or write it to a new column"
+        )
+    try:
+        return pc.cast(column, field.type, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise SchemaMismatch(f"column {field.name!r}: cannot convert {source} to {field.type} without loss ({exc})") from exc
+
+
+def _may_widen(source: pa.DataType, target: pa.DataType) -> bool:
+    """Casts that never change a value: the safe cast still checks each value (overflow, precision)."""
+    if pa.types.is_null(source):
+        return True
+    plain = plain_type(source)
+    if plain == target:
+        return True
+    if plain in _UNSIGNED_TO_SIGNED:
+        return pa.types.is_integer(target) and pa.types.is_signed_integer(target)
+    if pa.types.is_signed_integer(plain) and pa.types.is_signed_integer(target):
+        return _INT_ORDER.index(plain) <= _INT_ORDER.index(target)
+    if pa.types.is_floating(plain) and pa.types.is_floating(target):
+        return plain.bit_width <= target.bit_width
+    if pa.types.is_timestamp(plain) and pa.types.is_timestamp(target):
+        # Time zone aware and naive timestamps mean different things; only the unit may change.
+        return (plain.tz is None) == (target.tz is None)
+    if pa.types.is_date(plain) and pa.types.is_date(target):
+        return True
+    if pa.types.is_decimal(plain) and pa.types.is_decimal(target):
+        return plain.scale == target.scale and plain.precision <= target.precision
+    if (pa.types.is_list(plain) and pa.types.is_list(target)) or (pa.types.is_struct(plain) and pa.types.is_struct(target)):
+        return delta_type(plain) == target
+    return False

@@ -1,0 +1,164 @@
+"""Sink: write batches of rows to a Delta table, each exactly once for its (app id, position)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from lakesink.commit import CommitPolicy, WriteResult, commit_staged
+from lakesink.convert import to_arrow
+from lakesink.crashpoints import crash_point
+from lakesink.errors import ConfigError, InvalidPosition
+from lakesink.schema import fit
+from lakesink.stage import stage_batch
+from lakesink.storage import ObjectStore, StorageOptions, normalize_table_uri, open_store
+from lakesink.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
+
+_MAX_POSITION = 2**63 - 1
+
+
+class Sink:
+    """Exactly-once writer for one app id (one job, or one partition of a source) into one table.
+
+        with lakesink.Sink("s3://lake/events", app_id="events") as sink:
+            sink.write(rows, position=42)   # commits, or skips if 42 (or more) is already committed
+            sink.committed_position()       # 42
+
+    The table is created on the first write. Keep one Sink open for many writes: it keeps the
+    table's snapshot and refreshes it incrementally, so commits stay cheap as the log grows.
+    """
+
+    def __init__(
+        self,
+        table_uri: str,
+        *,
+        app_id: str,
+        storage_options: dict[str, str] | None = None,
+        partition_by: Sequence[str] | None = None,
+        evolve_schema: bool = False,
+        checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        store: ObjectStore | None = None,
+        commit_policy: CommitPolicy = CommitPolicy(),
+    ) -> None:
+        if not app_id or not isinstance(app_id, str):
+            raise ConfigError("app_id must be a non-empty string naming the job (or source partition)")
+        self.uri = normalize_table_uri(table_uri)
+        self.app_id = app_id
+        self._options = StorageOptions.resolve(storage_options)
+        self._partition_by = list(partition_by or [])
+        self._evolve = evolve_schema
+        self._checkpoint_interval = checkpoint_interval
+        self._clock = clock
+        self._sleep = sleep
+        self._policy = commit_policy
+        self.store: ObjectStore = store or open_store(self.uri, self._options)
+        self._handle: TableHandle | None = TableHandle.open(self.uri, self._options)
+        if self._handle is not None:
+            self._check_partitioning(self._handle)
+
+    def __repr__(self) -> str:
+        return f"Sink({self.uri!r}, app_id={self.app_id!r}, storage_options={self._options!r})"
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the table snapshot. Nothing is pending: every write commits before it returns."""
+        self._handle = None
+
+    @property
+    def handle(self) -> TableHandle | None:
+        """The open table, or None before the first write created it."""
+        return self._handle
+
+    def committed_position(self) -> int | None:
+        """The last position committed for this app id (None before the first commit)."""
+        if self._handle is None:
+            self._handle = TableHandle.open(self.uri, self._options)
+            if self._handle is None:
+                return None
+        return self._handle.committed_position(self.app_id)
+
+    def refresh(self) -> None:
+        """Read log entries other writers added since the last call."""
+        if self._handle is None:
+            self._handle = TableHandle.open(self.uri, self._options)
+        else:
+            self._handle.refresh()
+
+    def write(self, data: Any, *, position: int) -> WriteResult:
+        """Commit `data` for `position` exactly once.
+
+        `data` is a pyarrow Table or RecordBatch, a polars or pandas DataFrame, or a list of dicts.
+        If this app id's committed position is already `position` or more, nothing is written and
+        the result's status is "skipped". Positions are non-negative int64s that grow.
+
+        Raises:
+            InvalidPosition: `position` is not a non-negative int64.
+            SchemaMismatch: the data does not fit the table (the message names the column).
+            ConcurrentWriterError, CommitOutcomeUnknown, StorageUnavailable: see lakesink.errors.
+        """
+        _check_position(position)
+        committed = self.committed_position()
+        if committed is not None and committed >= position:
+            return WriteResult(
+                status="skipped",
+                app_id=self.app_id,
+                position=position,
+                committed_position=committed,
+                table_version=self._handle.version() if self._handle else -1,
+                reason="already committed" if committed == position else f"lower than the committed position {committed}",
+            )
+        arrow = to_arrow(data)
+        handle = self._handle
+        fitted = fit(arrow, handle.arrow_schema() if handle else None, evolve=self._evolve)
+        if handle is None:
+            handle = TableHandle.create(
+                self.uri,
+                self._options,
+                schema=fitted.table.schema,
+                partition_by=self._partition_by,
+                checkpoint_interval=self._checkpoint_interval,
+            )
+            self._check_partitioning(handle)
+            self._handle = handle
+            # A concurrent creator may have made the table with another schema: fit against it.
+            fitted = fit(arrow, handle.arrow_schema(), evolve=self._evolve)
+        if fitted.new_fields:
+            handle.add_columns(fitted.new_fields)
+        partition_by = handle.partition_columns()
+        staged = stage_batch(self.store, fitted.table, app_id=self.app_id, position=position, partition_by=partition_by)
+        crash_point("after_stage")
+        return commit_staged(
+            handle,
+            staged,
+            app_id=self.app_id,
+            position=position,
+            schema=fitted.table.schema,
+            partition_by=partition_by,
+            clock=self._clock,
+            sleep=self._sleep,
+            policy=self._policy,
+        )
+
+    def _check_partitioning(self, handle: TableHandle) -> None:
+        existing = handle.partition_columns()
+        if self._partition_by and existing != self._partition_by:
+            raise ConfigError(
+                f"{self.uri} is partitioned by {existing or 'nothing'}, not {self._partition_by}: "
+                "drop partition_by (the table's own partitioning is used) or write to another table"
+            )
+
+
+def _check_position(position: object) -> None:
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise InvalidPosition(f"position must be an int, not {type(position).__name__}")
+    if not 0 <= position <= _MAX_POSITION:
+        raise InvalidPosition(f"position {position} is outside 0..2**63-1 (Delta txn versions are int64)")

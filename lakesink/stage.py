@@ -1,0 +1,165 @@
+"""Stage a batch: Arrow rows → Parquet files on the store, with Delta stats, under deterministic names.
+
+A file's name is derived from (app id, position, part, content digest). Re-staging the same batch
+after a crash therefore overwrites the same object with the same bytes and never adds a copy, and a
+zombie writer staging *different* rows for the same position can never overwrite a file that a
+committed log entry already points to (its digest differs, so its name differs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lakesink.errors import SchemaMismatch
+from lakesink.storage import ObjectStore
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+# Longer strings are left without min/max: a truncated max would be smaller than the real one and
+# let a reader wrongly skip the file.
+_MAX_STAT_STRING = 32
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """A Parquet file written to the table root, described as its Delta `add` action needs."""
+
+    path: str  # relative to the table root, as the store names it (delta-rs encodes it for the log)
+    size: int
+    partition_values: tuple[tuple[str, str | None], ...]
+    stats: str
+    num_records: int
+
+
+def stage_batch(
+    store: ObjectStore,
+    data: pa.Table,
+    *,
+    app_id: str,
+    position: int,
+    partition_by: Sequence[str] = (),
+) -> list[StagedFile]:
+    """Write `data` (already fitted to the table schema) as one Parquet file per partition.
+
+    Raises:
+        SchemaMismatch: a partition column of a type Delta cannot partition by.
+        StorageUnavailable: the store refused or timed out.
+    """
+    staged = []
+    for part, (values, rows) in enumerate(_split_by_partition(data, partition_by)):
+        body = _parquet_bytes(rows)
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        directory = "/".join(f"{quote(k, safe='')}={_dir_value(v)}" for k, v in values)
+        name = f"part-{position:020d}-{part:05d}-{_app_slug(app_id)}-{digest}.snappy.parquet"
+        object_path = f"{directory}/{name}" if directory else name
+        store.write_bytes(object_path, body)
+        staged.append(
+            StagedFile(
+                path=object_path,
+                size=len(body),
+                partition_values=values,
+                stats=delta_stats(rows),
+                num_records=rows.num_rows,
+            )
+        )
+    return staged
+
+
+def _app_slug(app_id: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", app_id)[:40]
+    return f"{readable}-{hashlib.sha256(app_id.encode()).hexdigest()[:8]}"
+
+
+def _dir_value(value: str | None) -> str:
+    # Every character outside [A-Za-z0-9_.~-] is percent-encoded, as delta-rs does: '/', '..',
+    # NUL and unicode in a value can never escape the partition directory.
+    return HIVE_NULL if value is None else quote(value, safe="")
+
+
+def _parquet_bytes(rows: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows, sink, compression="snappy", write_statistics=True)
+    return sink.getvalue().to_pybytes()
+
+
+def _split_by_partition(data: pa.Table, partition_by: Sequence[str]) -> list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]:
+    if not partition_by:
+        return [((), data)]
+    for name in partition_by:
+        column_type = data.schema.field(name).type
+        if not _partitionable(column_type):
+            raise SchemaMismatch(f"cannot partition by column {name!r} of type {column_type}: use a string, integer, date or boolean column")
+    rest = [c for c in data.column_names if c not in partition_by]
+    indexed = data.select(list(partition_by)).append_column("__row", pa.array(range(data.num_rows), pa.int64()))
+    groups = indexed.group_by(list(partition_by), use_threads=False).aggregate([("__row", "list")])
+    out = []
+    for i in range(groups.num_rows):
+        values = tuple((name, partition_value(groups.column(name)[i].as_py())) for name in partition_by)
+        rows = data.select(rest).take(groups.column("__row_list")[i].values)
+        out.append((values, rows))
+    out.sort(key=lambda item: [(v is None, v or "") for _, v in item[0]])
+    return out
+
+
+def _partitionable(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_date32(t) or pa.types.is_boolean(t)
+
+
+def partition_value(value: Any) -> str | None:
+    """A partition value as the Delta protocol serializes it in `partitionValues`."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def delta_stats(rows: pa.Table) -> str:
+    """Delta file statistics: numRecords, and nullCount/minValues/maxValues for flat columns."""
+    min_values: dict[str, Any] = {}
+    max_values: dict[str, Any] = {}
+    null_count: dict[str, int] = {}
+    for name in rows.column_names:
+        column = rows.column(name)
+        if pa.types.is_nested(column.type):
+            continue
+        null_count[name] = column.null_count
+        if column.null_count == rows.num_rows or not _has_ordered_stats(column.type):
+            continue
+        bounds = pc.min_max(column)
+        low, high = _stat_value(bounds["min"].as_py()), _stat_value(bounds["max"].as_py())
+        if low is not None and high is not None:
+            min_values[name], max_values[name] = low, high
+    return json.dumps(
+        {"numRecords": rows.num_rows, "minValues": min_values, "maxValues": max_values, "nullCount": null_count},
+        separators=(",", ":"),
+    )
+
+
+def _has_ordered_stats(t: pa.DataType) -> bool:
+    # Timestamps are left out: the protocol keeps them in milliseconds, and a truncated max
+    # would mislead readers' file skipping.
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t) or pa.types.is_date32(t)
+
+
+def _stat_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str) and len(value) > _MAX_STAT_STRING:
+        return None
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
