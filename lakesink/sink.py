@@ -12,7 +12,7 @@ from lakesink.convert import to_arrow
 from lakesink.crashpoints import crash_point
 from lakesink.errors import ConfigError, InvalidPosition
 from lakesink.schema import fit
-from lakesink.stage import stage_batch
+from lakesink.stage import check_partition_columns, stage_batch
 from lakesink.storage import ObjectStore, StorageOptions, normalize_table_uri, open_store
 from lakesink.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
 
@@ -120,6 +120,7 @@ class Sink:
         handle = self._handle
         fitted = fit(arrow, handle.arrow_schema() if handle else None, evolve=self._evolve)
         if handle is None:
+            check_partition_columns(fitted.table.schema, self._partition_by)
             handle = TableHandle.create(
                 self.uri,
                 self._options,

@@ -96,10 +96,7 @@ def _parquet_bytes(rows: pa.Table) -> bytes:
 def _split_by_partition(data: pa.Table, partition_by: Sequence[str]) -> list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]:
     if not partition_by:
         return [((), data)]
-    for name in partition_by:
-        column_type = data.schema.field(name).type
-        if not _partitionable(column_type):
-            raise SchemaMismatch(f"cannot partition by column {name!r} of type {column_type}: use a string, integer, date or boolean column")
+    check_partition_columns(data.schema, partition_by)
     rest = [c for c in data.column_names if c not in partition_by]
     indexed = data.select(list(partition_by)).append_column("__row", pa.array(range(data.num_rows), pa.int64()))
     groups = indexed.group_by(list(partition_by), use_threads=False).aggregate([("__row", "list")])
@@ -112,8 +109,14 @@ def _split_by_partition(data: pa.Table, partition_by: Sequence[str]) -> list[tup
     return out
 
 
-def _partitionable(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_date32(t) or pa.types.is_boolean(t)
+def check_partition_columns(schema: pa.Schema, partition_by: Sequence[str]) -> None:
+    """Raise SchemaMismatch unless every partition column exists and has a partitionable type."""
+    for name in partition_by:
+        if name not in schema.names:
+            raise SchemaMismatch(f"partition column {name!r} is not in the data (columns: {', '.join(schema.names)})")
+        t = schema.field(name).type
+        if not (pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_date32(t) or pa.types.is_boolean(t) or pa.types.is_timestamp(t)):
+            raise SchemaMismatch(f"cannot partition by column {name!r} of type {t}: use a string, integer, date, timestamp or boolean column")
 
 
 def partition_value(value: Any) -> str | None:
@@ -122,6 +125,10 @@ def partition_value(value: Any) -> str | None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
     if isinstance(value, dt.date):
         return value.isoformat()
     return str(value)

@@ -172,7 +172,8 @@ class ArrowObjectStore:
     def open_input(self, path: str) -> pa.NativeFile:
         full = self._full(path)
         try:
-            return self._fs.open_input_stream(full, compression=None)
+            # Random access, so Parquet footers can be read; CSV/JSON readers stream it.
+            return self._fs.open_input_file(full)
         except FileNotFoundError:
             raise
         except OSError as exc:

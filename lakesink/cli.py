@@ -1,0 +1,154 @@
+"""The `lakesink` command: a thin layer over the Python API.
+
+Exit codes (for scripts): 0 done; 1 terminal error (fix the input or config, then rerun);
+2 usage error; 75 transient error (storage unavailable, outcome unknown: rerun as is, nothing is
+lost or duplicated by rerunning).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from lakesink.errors import LakesinkError, TransientError
+from lakesink.ingest import IngestProgress, ingest
+from lakesink.status import table_status
+
+EXIT_TERMINAL = 1
+EXIT_TRANSIENT = 75
+
+_STORAGE_HELP = (
+    "KEY=VALUE passed to the object store (repeatable), e.g. AWS_ENDPOINT_URL=http://127.0.0.1:9000. "
+    "Overrides the AWS_* environment variables."
+)
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair.split('=')[0]!r}=...", param_hint="--storage-option")
+        options[key.strip()] = value
+    return options
+
+
+def _fail(exc: LakesinkError, as_json: bool) -> NoReturn:
+    code = EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_TERMINAL
+    kind = "transient" if isinstance(exc, TransientError) else "terminal"
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": type(exc).__name__, "kind": kind, "message": str(exc)}))
+    else:
+        hint = "rerun the same command; nothing was lost or duplicated" if code == EXIT_TRANSIENT else "fix the cause, then rerun"
+        click.echo(f"error ({type(exc).__name__}): {exc}\n({kind}: {hint})", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lakesink")
+def main() -> None:
+    """Move records into a Delta Lake table exactly once.
+
+    \b
+    Tables are local paths (the default; nothing to set up) or s3://bucket/prefix.
+    S3 settings come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_REGION and AWS_ALLOW_HTTP=true (for an http endpoint), or --storage-option.
+
+    \b
+    Exit codes: 0 ok, 1 fix and rerun, 2 usage, 75 transient (rerun as is).
+    """
+
+
+@main.command("ingest")
+@click.argument("source")
+@click.argument("table")
+@click.option("--app-id", required=True, help="Names this job (one per source partition). Its committed position lives in the table's txn.")
+@click.option("--format", "fmt", type=click.Choice(["ndjson", "csv", "parquet"]), help="Source format; default: from each file's extension.")
+@click.option("--batch-rows", type=click.IntRange(min=1), default=100_000, show_default=True, help="Records per commit.")
+@click.option("--partition-by", multiple=True, help="Partition column (repeatable); only when creating the table.")
+@click.option("--evolve-schema", is_flag=True, help="Add new input columns to the table as nullable columns instead of failing.")
+@click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=_STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+def ingest_command(
+    source: str,
+    table: str,
+    app_id: str,
+    fmt: Any,
+    batch_rows: int,
+    partition_by: tuple[str, ...],
+    evolve_schema: bool,
+    storage_pairs: tuple[str, ...],
+    as_json: bool,
+    progress: bool | None,
+) -> None:
+    """Ingest the files at SOURCE into the Delta table TABLE, each record exactly once.
+
+    \b
+    SOURCE: a folder, a glob ('data/*.ndjson') or s3://bucket/prefix of immutable files,
+    read in name order. Formats: .ndjson/.jsonl/.json, .csv, .parquet.
+    TABLE: a local path or s3://bucket/prefix; created on the first commit.
+
+    \b
+    Rerun the same command after a crash: it continues after the last commit. Rerun it after
+    success: it adds nothing. New files must sort after ingested ones; ingested files must not
+    change (both are checked).
+
+    \b
+    Example:
+      lakesink ingest ./events/ ./lake/events --app-id events --partition-by day
+    """
+    options = _parse_options(storage_pairs)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    try:
+        if show_bar and not as_json:
+            report = _ingest_with_bar(source, table, app_id, fmt, batch_rows, partition_by, evolve_schema, options)
+        else:
+            report = ingest(source, table, app_id=app_id, format=fmt, batch_rows=batch_rows, partition_by=partition_by,
+                            evolve_schema=evolve_schema, storage_options=options)
+    except LakesinkError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.to_dict()}))
+    else:
+        click.echo(report.summary())
+
+
+def _ingest_with_bar(source: str, table: str, app_id: str, fmt: Any, batch_rows: int, partition_by: tuple[str, ...],
+                     evolve_schema: bool, options: dict[str, str]) -> Any:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]ingest"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[rows]} rows"),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("ingest", total=None, rows=0)
+
+        def update(p: IngestProgress) -> None:
+            bar.update(task, total=p.bytes_total, completed=p.bytes_done, rows=p.rows_written)
+
+        return ingest(source, table, app_id=app_id, format=fmt, batch_rows=batch_rows, partition_by=partition_by,
+                      evolve_schema=evolve_schema, storage_options=options, on_progress=update)
+
+
+@main.command("status")
+@click.argument("table")
+@click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=_STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: table_version, files, rows, positions, ...")
+def status_command(table: str, storage_pairs: tuple[str, ...], as_json: bool) -> None:
+    """Show TABLE's version, files, rows and every app id's committed position."""
+    try:
+        status = table_status(table, storage_options=_parse_options(storage_pairs))
+    except LakesinkError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps(status.to_dict()))
+        return
+    click.echo(f"table      {status.table_uri}")
+    click.echo(f"version    {status.table_version}")
+    click.echo(f"files      {status.files}  ({status.bytes} bytes)")
+    click.echo(f"rows       {status.rows}")
+    if status.partition_columns:
+        click.echo(f"partitions {', '.join(status.partition_columns)}")
+    click.echo("positions  " + (", ".join(f"{k}={v}" for k, v in status.positions.items()) or "(none)"))

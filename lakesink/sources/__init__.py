@@ -1,0 +1,1 @@
+"""Sources: where records come from, each mapping its progress to an int64 position."""
