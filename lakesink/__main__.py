@@ -1,0 +1,3 @@
+from lakesink.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""Fixtures: one real moto S3 server per test session (fresh bucket per test), local table dirs,
+and a helper to run the real `lakesink` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.moto_server import MotoServer, start_moto_server
+
+_bucket_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = start_moto_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer) -> str:
+    """A new, empty bucket on the session's moto server."""
+    name = f"lake-{os.getpid()}-{next(_bucket_ids)}"
+    moto_server.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def s3_options(moto_server: MotoServer) -> dict[str, str]:
+    return moto_server.storage_options()
+
+
+@pytest.fixture(params=["local", "s3"])
+def table_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A table location on local disk, then on the moto S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "table")
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/table"
+
+
+@pytest.fixture
+def storage_options(table_uri: str, moto_server: MotoServer) -> dict[str, str]:
+    return moto_server.storage_options() if table_uri.startswith("s3://") else {}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `python -m lakesink.cli ARGS` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "lakesink", *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        timeout=timeout,
+    )
