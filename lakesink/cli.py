@@ -65,8 +65,12 @@ def main() -> None:
 @main.command("ingest")
 @click.argument("source")
 @click.argument("table")
-@click.option("--app-id", required=True, help="Names this job (one per source partition). Its committed position lives in the table's txn.")
-@click.option("--format", "fmt", type=click.Choice(["ndjson", "csv", "parquet"]), help="Source format; default: from each file's extension.")
+@click.option(
+    "--app-id", required=True, help="Names this job (one per source partition). Its committed position lives in the table's txn."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["ndjson", "csv", "parquet"]), help="Source format; default: from each file's extension."
+)
 @click.option("--batch-rows", type=click.IntRange(min=1), default=100_000, show_default=True, help="Records per commit.")
 @click.option("--partition-by", multiple=True, help="Partition column (repeatable); only when creating the table.")
 @click.option("--evolve-schema", is_flag=True, help="Add new input columns to the table as nullable columns instead of failing.")
@@ -107,8 +111,16 @@ def ingest_command(
         if show_bar and not as_json:
             report = _ingest_with_bar(source, table, app_id, fmt, batch_rows, partition_by, evolve_schema, options)
         else:
-            report = ingest(source, table, app_id=app_id, format=fmt, batch_rows=batch_rows, partition_by=partition_by,
-                            evolve_schema=evolve_schema, storage_options=options)
+            report = ingest(
+                source,
+                table,
+                app_id=app_id,
+                format=fmt,
+                batch_rows=batch_rows,
+                partition_by=partition_by,
+                evolve_schema=evolve_schema,
+                storage_options=options,
+            )
     except LakesinkError as exc:
         _fail(exc, as_json)
     if as_json:
@@ -117,19 +129,42 @@ def ingest_command(
         click.echo(report.summary())
 
 
-def _ingest_with_bar(source: str, table: str, app_id: str, fmt: Any, batch_rows: int, partition_by: tuple[str, ...],
-                     evolve_schema: bool, options: dict[str, str]) -> Any:
+def _ingest_with_bar(
+    source: str,
+    table: str,
+    app_id: str,
+    fmt: Any,
+    batch_rows: int,
+    partition_by: tuple[str, ...],
+    evolve_schema: bool,
+    options: dict[str, str],
+) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]ingest"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[rows]} rows"),
-                  TimeRemainingColumn(), transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[rows]} rows"),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
         task = bar.add_task("ingest", total=None, rows=0)
 
         def update(p: IngestProgress) -> None:
             bar.update(task, total=p.bytes_total, completed=p.bytes_done, rows=p.rows_written)
 
-        return ingest(source, table, app_id=app_id, format=fmt, batch_rows=batch_rows, partition_by=partition_by,
-                      evolve_schema=evolve_schema, storage_options=options, on_progress=update)
+        return ingest(
+            source,
+            table,
+            app_id=app_id,
+            format=fmt,
+            batch_rows=batch_rows,
+            partition_by=partition_by,
+            evolve_schema=evolve_schema,
+            storage_options=options,
+            on_progress=update,
+        )
 
 
 @main.command("status")

@@ -86,8 +86,14 @@ def ingest(
     started = time.monotonic()
     options = StorageOptions.resolve(storage_options)
     files = FileSource(source, format=format, storage_options=options)
-    with Sink(table_uri, app_id=app_id, storage_options=dict(options.values), partition_by=partition_by,
-              evolve_schema=evolve_schema, clock=clock) as sink:
+    with Sink(
+        table_uri,
+        app_id=app_id,
+        storage_options=dict(options.values),
+        partition_by=partition_by,
+        evolve_schema=evolve_schema,
+        clock=clock,
+    ) as sink:
         run = _Run(files, sink, batch_rows=max(1, batch_rows), on_progress=on_progress)
         start = run.resume_point()
         run.drive(start)
@@ -111,7 +117,9 @@ def ingest(
 class _Run:
     """One ingest run's state: batching chunks into positioned writes."""
 
-    def __init__(self, files: FileSource, sink: Sink, *, batch_rows: int, on_progress: Callable[[IngestProgress], None] | None) -> None:
+    def __init__(
+        self, files: FileSource, sink: Sink, *, batch_rows: int, on_progress: Callable[[IngestProgress], None] | None
+    ) -> None:
         self.files = files
         self.sink = sink
         self.batch_rows = batch_rows
@@ -192,7 +200,11 @@ class _Run:
                 pending.append(table.slice(offset, take))
                 offset += take
                 file_done = chunk.last and offset == rows
-                end = FilePosition(chunk.file_index + 1, 0) if file_done else FilePosition(chunk.file_index, chunk.row_start + offset)
+                end = (
+                    FilePosition(chunk.file_index + 1, 0)
+                    if file_done
+                    else FilePosition(chunk.file_index, chunk.row_start + offset)
+                )
                 yield end, _concat(pending), touched
                 pending, pending_rows = [], 0
                 touched = [] if file_done else [chunk.file_index]

@@ -42,7 +42,7 @@ class Sink:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         store: ObjectStore | None = None,
-        commit_policy: CommitPolicy = CommitPolicy(),
+        commit_policy: CommitPolicy | None = None,
     ) -> None:
         if not app_id or not isinstance(app_id, str):
             raise ConfigError("app_id must be a non-empty string naming the job (or source partition)")
@@ -54,7 +54,7 @@ class Sink:
         self._checkpoint_interval = checkpoint_interval
         self._clock = clock
         self._sleep = sleep
-        self._policy = commit_policy
+        self._policy = commit_policy or CommitPolicy()
         self.store: ObjectStore = store or open_store(self.uri, self._options)
         self._handle: TableHandle | None = TableHandle.open(self.uri, self._options)
         if self._handle is not None:

@@ -115,8 +115,11 @@ def check_partition_columns(schema: pa.Schema, partition_by: Sequence[str]) -> N
         if name not in schema.names:
             raise SchemaMismatch(f"partition column {name!r} is not in the data (columns: {', '.join(schema.names)})")
         t = schema.field(name).type
-        if not (pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_date32(t) or pa.types.is_boolean(t) or pa.types.is_timestamp(t)):
-            raise SchemaMismatch(f"cannot partition by column {name!r} of type {t}: use a string, integer, date, timestamp or boolean column")
+        kinds = (pa.types.is_string, pa.types.is_integer, pa.types.is_date32, pa.types.is_boolean, pa.types.is_timestamp)
+        if not any(kind(t) for kind in kinds):
+            raise SchemaMismatch(
+                f"cannot partition by column {name!r} of type {t}: use a string, integer, date, timestamp or boolean column"
+            )
 
 
 def partition_value(value: Any) -> str | None:

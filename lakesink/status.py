@@ -40,7 +40,7 @@ def table_status(table_uri: str, *, storage_options: dict[str, str] | None = Non
     handle = TableHandle.open(uri, options)
     if handle is None:
         raise TableError(f"no Delta table at {uri}: check the path (and --storage-option / AWS_* settings for S3)")
-    adds = pa.table(handle.table.get_add_actions(flatten=True))  # type: ignore[call-overload]
+    adds = pa.table(handle.table.get_add_actions(flatten=True))
     rows = int(pc.sum(adds.column("num_records")).as_py() or 0) if adds.num_rows and "num_records" in adds.column_names else 0
     size = int(pc.sum(adds.column("size_bytes")).as_py() or 0) if adds.num_rows else 0
     schema = handle.arrow_schema()

@@ -257,7 +257,7 @@ def s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
-    return pafs.S3FileSystem(**kwargs)  # type: ignore[arg-type]
+    return pafs.S3FileSystem(**kwargs)
 
 
 def expand_local_source(pattern: str) -> tuple[str, list[str]]:

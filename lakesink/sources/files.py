@@ -113,7 +113,9 @@ class FileSource:
         if is_remote(uri):
             root, pattern = _split_remote_glob(uri)
             self.store: ObjectStore = store or open_store(root, options)
-            infos = [i for i in iter_hidden_filtered(self.store.list_files("")) if pattern is None or fnmatch.fnmatch(i.path, pattern)]
+            infos = [
+                i for i in iter_hidden_filtered(self.store.list_files("")) if pattern is None or fnmatch.fnmatch(i.path, pattern)
+            ]
         else:
             root, rel = expand_local_source(uri)
             self.store = store or open_store(root, options)
@@ -230,7 +232,9 @@ class FileSource:
                 if file.format == "parquet":
                     yield from pq.ParquetFile(stream).iter_batches(batch_size=64 * 1024)
                 elif file.format == "csv":
-                    yield from pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES), convert_options=_csv_types(schema))
+                    yield from pacsv.open_csv(
+                        stream, read_options=pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES), convert_options=_csv_types(schema)
+                    )
                 else:
                     yield from pajson.open_json(
                         stream,
@@ -250,7 +254,9 @@ class FileSource:
             located = _locate_bad_json_line(self.store, file, schema)
             if located:
                 line, problem = located
-                return BadRecord(f"{where}:{line}: {problem}. Fix or remove that line, then rerun; nothing was committed from it.")
+                return BadRecord(
+                    f"{where}:{line}: {problem}. Fix or remove that line, then rerun; nothing was committed from it."
+                )
         if file.format == "csv":
             match = re.search(r"Row #(\d+)", str(exc))
             if match:
@@ -270,7 +276,9 @@ def _source_file(info: ObjectInfo, format: Format | None) -> SourceFile:
         suffix = "." + info.path.rsplit(".", 1)[-1].lower() if "." in info.path else ""
         detected = _EXTENSIONS.get(suffix)
         if detected is None:
-            raise ConfigError(f"cannot tell the format of {info.path!r} from its extension: pass --format ndjson|csv|parquet, or narrow the glob")
+            raise ConfigError(
+                f"cannot tell the format of {info.path!r} from its extension: pass --format ndjson|csv|parquet or narrow the glob"
+            )
         format = detected
     return SourceFile(path=info.path, size=info.size, mtime_ns=info.mtime_ns, format=format)
 
@@ -300,7 +308,8 @@ def _locate_bad_json_line(store: ObjectStore, file: SourceFile, schema: pa.Schem
                         try:
                             pa.array([record[field.name]], type=field.type)
                         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-                            return number, f"field {field.name!r} = {record[field.name]!r} is not {field.type} as the table requires"
+                            value = record[field.name]
+                            return number, f"field {field.name!r} = {value!r} is not {field.type} as the table requires"
     return None
 
 
