@@ -7,6 +7,7 @@ number of commits before it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -119,7 +120,7 @@ class TableHandle:
             self._txn_cache[app_id] = (read_version + 1, position)
 
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema(self.table.schema().to_arrow())  # type: ignore[call-overload]
+        return pa.schema(self.table.schema().to_arrow())
 
     def partition_columns(self) -> list[str]:
         return list(self.table.metadata().partition_columns)
@@ -138,14 +139,21 @@ class TableHandle:
         self.refresh()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def translate(exc: BaseException, options: StorageOptions | None, *, doing: str) -> Exception:
-    """A lakesink error for a delta-rs/pyarrow error, with secrets scrubbed from the message."""
-    text = redact(str(exc), options)
+    """A lakesink error for a delta-rs/pyarrow error, with secrets and terminal colours scrubbed."""
+    text = _ANSI.sub("", redact(str(exc), options))
     if isinstance(exc, DeltaProtocolError):
         return TableError(f"cannot {doing}: {text}. The table needs a newer writer than lakesink's delta-rs.")
     if isinstance(exc, (ValueError, TypeError)):
         return ConfigError(f"cannot {doing}: {text}")
     lowered = text.lower()
+    if "nosuchbucket" in lowered:
+        return ConfigError(f"cannot {doing}: the bucket does not exist. Create it, or fix the table URI.")
+    if any(code in lowered for code in ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden")):
+        return ConfigError(f"cannot {doing}: the store refused the credentials ({text[:300]}). Check AWS_* settings.")
     if "not a delta table" in lowered or "no files in log segment" in lowered:
         return TableError(f"cannot {doing}: {text}. Point lakesink at a Delta table or an empty location.")
     if isinstance(exc, (OSError, DeltaError)) or "generic" in lowered:
