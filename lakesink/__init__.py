@@ -5,12 +5,10 @@
         sink.write(table, position=42)
 """
 
-from __future__ import annotations
-
 __version__ = "0.1.0"
 
-from lakesink.commit import CommitPolicy, WriteResult  # noqa: E402
-from lakesink.errors import (  # noqa: E402
+from lakesink.commit import CommitPolicy, WriteResult
+from lakesink.errors import (
     BadRecord,
     CommitOutcomeUnknown,
     ConcurrentWriterError,
@@ -24,8 +22,10 @@ from lakesink.errors import (  # noqa: E402
     TerminalError,
     TransientError,
 )
-from lakesink.sink import Sink  # noqa: E402
-from lakesink.storage import StorageOptions  # noqa: E402
+from lakesink.ingest import IngestProgress, IngestReport, ingest
+from lakesink.sink import Sink
+from lakesink.status import TableStatus, table_status
+from lakesink.storage import StorageOptions
 
 __all__ = [
     "BadRecord",
@@ -33,6 +33,8 @@ __all__ = [
     "CommitPolicy",
     "ConcurrentWriterError",
     "ConfigError",
+    "IngestProgress",
+    "IngestReport",
     "InvalidPosition",
     "LakesinkError",
     "SchemaMismatch",
@@ -41,8 +43,11 @@ __all__ = [
     "StorageOptions",
     "StorageUnavailable",
     "TableError",
+    "TableStatus",
     "TerminalError",
     "TransientError",
     "WriteResult",
     "__version__",
+    "ingest",
+    "table_status",
 ]

@@ -13,9 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from lakesink.errors import LakesinkError, TransientError
-from lakesink.ingest import IngestProgress, ingest
-from lakesink.status import table_status
+from lakesink import IngestProgress, LakesinkError, TransientError, ingest, table_status
 
 EXIT_TERMINAL = 1
 EXIT_TRANSIENT = 75

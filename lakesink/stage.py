@@ -56,6 +56,8 @@ def stage_batch(
         SchemaMismatch: a partition column of a type Delta cannot partition by.
         StorageUnavailable: the store refused or timed out.
     """
+    if data.num_rows == 0:
+        return []  # the commit still records the position; an empty Parquet file would only cost reads
     staged = []
     for part, (values, rows) in enumerate(_split_by_partition(data, partition_by)):
         body = _parquet_bytes(rows)
