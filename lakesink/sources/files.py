@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -258,9 +258,10 @@ class FileSource:
                     f"{where}:{line}: {problem}. Fix or remove that line, then rerun; nothing was committed from it."
                 )
         if file.format == "csv":
-            match = re.search(r"Row #(\d+)", str(exc))
-            if match:
-                return BadRecord(f"{where}:{match.group(1)}: {exc}. Fix that line, then rerun; nothing was committed from it.")
+            located = _locate_bad_csv_line(self.store, file, schema)
+            if located:
+                line, problem = located
+                return BadRecord(f"{where}:{line}: {problem}. Fix that line, then rerun; nothing was committed from it.")
         return BadRecord(f"{where}: {exc}. Fix the file, then rerun; nothing was committed from it.")
 
 
@@ -311,6 +312,43 @@ def _locate_bad_json_line(store: ObjectStore, file: SourceFile, schema: pa.Schem
                             value = record[field.name]
                             return number, f"field {field.name!r} = {value!r} is not {field.type} as the table requires"
     return None
+
+
+def _locate_bad_csv_line(store: ObjectStore, file: SourceFile, schema: pa.Schema | None) -> tuple[int, str] | None:
+    """The first CSV line with the wrong number of fields or a value that does not fit `schema`."""
+    import csv
+
+    with store.open_input(file.path) as stream:
+        reader = csv.reader(io.TextIOWrapper(_ReadableStream(stream), encoding="utf-8", newline=""))
+        header = next(reader, None)
+        if header is None:
+            return None
+        types = {f.name: f.type for f in schema} if schema is not None else {}
+        for row in reader:
+            if len(row) != len(header):
+                return reader.line_num, f"{len(row)} fields where the header has {len(header)}"
+            for name, value in zip(header, row, strict=True):
+                if name in types and value != "":
+                    try:
+                        pa.array([value]).cast(types[name])
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        return reader.line_num, f"column {name!r} = {value!r} is not {types[name]} as the table requires"
+    return None
+
+
+class _ReadableStream(io.RawIOBase):
+    """A pyarrow input stream as a Python binary stream, for the csv module."""
+
+    def __init__(self, stream: pa.NativeFile) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _lines(stream: pa.NativeFile) -> Iterator[bytes]:
