@@ -319,7 +319,7 @@ def _locate_bad_csv_line(store: ObjectStore, file: SourceFile, schema: pa.Schema
     import csv
 
     with store.open_input(file.path) as stream:
-        reader = csv.reader(io.TextIOWrapper(_ReadableStream(stream), encoding="utf-8", newline=""))
+        reader = csv.reader(io.TextIOWrapper(io.BufferedReader(_ReadableStream(stream)), encoding="utf-8", newline=""))
         header = next(reader, None)
         if header is None:
             return None
