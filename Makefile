@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine (Python >= 3.11 with venv; nothing else):
+#   make demo   virtualenv, install, example files, ingest into a local table, status, a query
+#   make test   virtualenv with the test extra, lint, type-check, the whole suite (starts moto itself)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(VENV)/.installed $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/generate_events.py demo/events
+	$(BIN)/lakesink ingest demo/events demo/lake/events --app-id demo-events --partition-by day --batch-rows 25000
+	$(BIN)/lakesink ingest demo/events demo/lake/events --app-id demo-events
+	$(BIN)/lakesink status demo/lake/events
+	$(BIN)/python examples/query.py demo/lake/events
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check lakesink tests benchmarks examples
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/commit_cost.py
+
+bench-quick: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/commit_cost.py --quick
+
+clean:
+	rm -rf demo .pytest_cache .mypy_cache .ruff_cache
