@@ -40,11 +40,14 @@ from lakesink.table import TableHandle, translate
 class WriteResult:
     """What one `Sink.write` did.
 
-    `status` is "committed" (the rows are in the table now) or "skipped" (the position was already
-    committed: by an earlier run, a concurrent copy of the job, or a lost answer that had landed).
+    `status` is "committed" (the rows are in the table now), "skipped" (the position was already
+    committed: by an earlier run, a concurrent copy of the job, or a lost answer that had landed), or
+    "stale" (the write said which position it continues from, and another writer moved the committed
+    position to one inside this batch: nothing was written; re-read the source from
+    `committed_position`).
     """
 
-    status: Literal["committed", "skipped"]
+    status: Literal["committed", "skipped", "stale"]
     app_id: str
     position: int
     committed_position: int | None
@@ -56,6 +59,15 @@ class WriteResult:
     @property
     def committed(self) -> bool:
         return self.status == "committed"
+
+
+class AnyPrevious:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY_PREVIOUS: AnyPrevious = AnyPrevious()
+"""`previous=ANY_PREVIOUS`: commit whenever the committed position is below the batch's position."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +88,15 @@ def commit_staged(
     schema: pa.Schema,
     partition_by: Sequence[str],
     clock: Callable[[], float],
+    previous: int | AnyPrevious | None = ANY_PREVIOUS,
     sleep: Callable[[float], None] = time.sleep,
     policy: CommitPolicy = CommitPolicy(),
 ) -> WriteResult:
     """Commit `staged` with `txn(app_id, position)` exactly once.
+
+    With `previous` set, commit only while the committed position is exactly `previous` (the batch
+    holds the records after it): a batch cut from an older position must never be committed on top
+    of a newer one, or the records between would be written twice.
 
     Raises:
         ConcurrentWriterError: other writers with this app id won `policy.max_attempts` times in a row.
@@ -93,6 +110,8 @@ def commit_staged(
         if committed is not None and committed >= position:
             reason = "already committed" if attempt == 0 else "committed by a concurrent writer or an earlier attempt"
             return _skipped(handle, app_id, position, committed, reason)
+        if not isinstance(previous, AnyPrevious) and committed != previous:
+            return stale_result(handle, app_id, position, committed, previous)
         read_version = handle.version()
         now_ms = int(clock() * 1000)
         try:
@@ -180,6 +199,17 @@ def _refresh_or_unknown(
 
 def _backoff(policy: CommitPolicy, attempt: int) -> float:
     return float(policy.backoff_seconds * (2 ** min(attempt, 6)))
+
+
+def stale_result(handle: TableHandle, app_id: str, position: int, committed: int | None, previous: int | None) -> WriteResult:
+    return WriteResult(
+        status="stale",
+        app_id=app_id,
+        position=position,
+        committed_position=committed,
+        table_version=handle.version(),
+        reason=f"this batch continues from {previous}, but the committed position is now {committed}: re-read from there",
+    )
 
 
 def _skipped(handle: TableHandle, app_id: str, position: int, committed: int, reason: str) -> WriteResult:

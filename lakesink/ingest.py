@@ -95,6 +95,7 @@ def ingest(
         clock=clock,
     ) as sink:
         run = _Run(files, sink, batch_rows=max(1, batch_rows), on_progress=on_progress)
+        start_position = sink.committed_position()
         start = run.resume_point()
         run.drive(start)
         handle = sink.handle
@@ -107,7 +108,7 @@ def ingest(
             rows_written=run.rows_written,
             commits=run.commits,
             skipped_batches=run.skipped,
-            start_position=start.encode() if start != FilePosition(0, 0) or sink.committed_position() is not None else None,
+            start_position=start_position,
             end_position=sink.committed_position(),
             table_version=handle.version() if handle else None,
             seconds=round(time.monotonic() - started, 3),
@@ -150,6 +151,7 @@ class _Run:
             start = jumped_to  # a concurrent copy of the job got ahead: continue after it
 
     def _write_from(self, start: FilePosition) -> FilePosition | None:
+        previous = self.sink.committed_position()
         for end, table, batch_files in self._batches(start):
             committed = self.sink.committed_position()
             position = end.encode()
@@ -158,15 +160,18 @@ class _Run:
                     ledger_path(self.sink.app_id, position),
                     self.files.ledger(app_id=self.sink.app_id, end=end, batch_files=batch_files),
                 )
-            result = self.sink.write(table, position=position)
+            # The batch holds exactly the records after `previous`: it must not land on top of a
+            # position another copy of this job committed in the middle of it.
+            result = self.sink.write(table, position=position, previous=previous)
             if result.committed:
                 self.commits += 1
                 self.rows_written += result.rows
+            elif result.status == "skipped" and result.committed_position == position:
+                self.skipped += 1
             else:
                 self.skipped += 1
-                ahead = result.committed_position
-                if ahead is not None and ahead > position:
-                    return self.resume_point()
+                return self.resume_point()  # another copy got elsewhere: continue after its commit
+            previous = position
             self._report(end)
         return None
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from lakesink.commit import CommitPolicy, WriteResult, commit_staged
+from lakesink.commit import ANY_PREVIOUS, AnyPrevious, CommitPolicy, WriteResult, commit_staged, stale_result
 from lakesink.convert import to_arrow
 from lakesink.crashpoints import crash_point
 from lakesink.errors import ConfigError, InvalidPosition
@@ -93,12 +93,19 @@ class Sink:
         else:
             self._handle.refresh()
 
-    def write(self, data: Any, *, position: int) -> WriteResult:
+    def write(self, data: Any, *, position: int, previous: int | AnyPrevious | None = ANY_PREVIOUS) -> WriteResult:
         """Commit `data` for `position` exactly once.
 
         `data` is a pyarrow Table or RecordBatch, a polars or pandas DataFrame, or a list of dicts.
         If this app id's committed position is already `position` or more, nothing is written and
         the result's status is "skipped". Positions are non-negative int64s that grow.
+
+        `previous` (optional) is the position this batch continues from: its rows are exactly the
+        ones after `previous` up to `position`. Given it, the write commits only while the committed
+        position is `previous` (None: nothing committed yet); if another writer moved it to a point
+        inside this batch, nothing is written and the status is "stale": re-read from
+        `result.committed_position`. Without it, any position above the committed one commits, which
+        is right when each position is one indivisible batch (a message, a file).
 
         Raises:
             InvalidPosition: `position` is not a non-negative int64.
@@ -106,6 +113,8 @@ class Sink:
             ConcurrentWriterError, CommitOutcomeUnknown, StorageUnavailable: see lakesink.errors.
         """
         _check_position(position)
+        if not (isinstance(previous, (AnyPrevious, int)) or previous is None):
+            raise InvalidPosition(f"previous must be an int or None, not {type(previous).__name__}")
         committed = self.committed_position()
         if committed is not None and committed >= position:
             return WriteResult(
@@ -116,6 +125,8 @@ class Sink:
                 table_version=self._handle.version() if self._handle else -1,
                 reason="already committed" if committed == position else f"lower than the committed position {committed}",
             )
+        if not isinstance(previous, AnyPrevious) and committed != previous and self._handle is not None:
+            return stale_result(self._handle, self.app_id, position, committed, previous)
         arrow = to_arrow(data)
         handle = self._handle
         fitted = fit(arrow, handle.arrow_schema() if handle else None, evolve=self._evolve)
@@ -145,6 +156,7 @@ class Sink:
             schema=fitted.table.schema,
             partition_by=partition_by,
             clock=self._clock,
+            previous=previous,
             sleep=self._sleep,
             policy=self._policy,
         )

@@ -217,3 +217,23 @@ def test_ingest_from_an_s3_prefix_into_an_s3_table(moto_server: MotoServer, s3_b
     status = json.loads(run_cli("status", table, "--json", env=env).stdout)
     assert status["rows"] == 150 and status["positions"] == {"job": FilePosition(3, 0).encode()}
     assert ids_in(table, moto_server.storage_options()) == list(range(150))
+
+
+def test_two_copies_with_different_batch_sizes_never_duplicate(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for f in range(8):
+        write_ndjson(tmp_path / "src" / f"{f:02d}.ndjson", range(f * 500, f * 500 + 500))
+    table = str(tmp_path / "lake")
+    copies = [
+        subprocess.Popen([sys.executable, "-m", "lakesink", "ingest", str(tmp_path / "src"), table, "--app-id", "job",
+                          "--batch-rows", str(rows), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rows in (170, 230, 310)
+    ]  # fmt: skip
+    outcomes = [copy.communicate(timeout=300) for copy in copies]
+    codes = [copy.returncode for copy in copies]
+    assert all(code in (0, 1) for code in codes), outcomes
+    assert all("ConcurrentWriterError" in err for code, (_, err) in zip(codes, outcomes, strict=True) if code == 1)
+    assert run_cli("ingest", str(tmp_path / "src"), table, "--app-id", "job").returncode == 0
+    assert ids_in(table) == list(range(4000))

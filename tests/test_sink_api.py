@@ -212,3 +212,15 @@ def test_secrets_never_reach_repr_errors_or_the_delta_log(table_uri: str, storag
     assert canary not in json.dumps(log)
     info = next(line["commitInfo"] for line in log if "commitInfo" in line and "lakesink.appId" in line["commitInfo"])
     assert {k for k in info if k.startswith("lakesink.")} == {"lakesink.version", "lakesink.appId", "lakesink.position"}
+
+
+def test_a_batch_cut_from_an_older_position_is_stale_and_writes_nothing(table_uri: str, storage_options: dict[str, str]) -> None:
+    first = lakesink.Sink(table_uri, app_id="job", storage_options=storage_options)
+    first.write(pa.table({"id": [0]}), position=1, previous=None)
+    behind = lakesink.Sink(table_uri, app_id="job", storage_options=storage_options)  # sees position 1
+    first.write(pa.table({"id": list(range(1, 10))}), position=10, previous=1)
+    # `behind` read rows 1..14 as one batch after position 1; a copy committed 10 in the meantime.
+    result = behind.write(pa.table({"id": list(range(1, 15))}), position=15, previous=1)
+    assert (result.status, result.committed_position) == ("stale", 10)
+    assert behind.write(pa.table({"id": list(range(10, 15))}), position=15, previous=10).status == "committed"
+    assert sorted(read_table(table_uri, storage_options).column("id").to_pylist()) == list(range(15))
