@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 
 import pyarrow as pa
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
 
@@ -71,9 +71,13 @@ class TableHandle:
                 mode="ignore",
                 configuration={"delta.checkpointInterval": str(checkpoint_interval)},
                 storage_options=options.for_delta(),
+                # Version 0 or nothing: with retries, delta-rs commits a loser's CREATE TABLE as
+                # version 1, 2, ... (a new table id, the loser's schema) when a concurrent creator,
+                # or our own create whose answer was lost and was re-sent, took version 0.
+                commit_properties=CommitProperties(max_commit_retries=0),
             )
         except Exception as exc:
-            # A concurrent creator may have won the race for version 0: use its table.
+            # A concurrent creator (or our own lost answer) took version 0: use that table.
             created = cls.open(uri, options)
             if created is None:
                 raise translate(exc, options, doing=f"create {uri}") from exc
