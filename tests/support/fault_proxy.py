@@ -1,0 +1,282 @@
+"""A small HTTP proxy on 127.0.0.1 in front of the moto S3 server that can lose answers.
+
+Every request is forwarded to the server and its answer relayed back, byte for byte, over
+HTTP/1.1 keep-alive connections. Armed with `drop_response_after_apply(pattern)`, the next
+request whose method and path match reaches the server and is applied there, and then the
+client's connection is reset (RST) instead of answered: the writer cannot tell whether its
+commit landed, which is exactly the "lost commit answer" case.
+
+Every request is recorded (`events`), so a test can show what the client did next (retry the
+PUT, get 412, read the log, ...).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import socketserver
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+DELTA_LOG_ENTRY = r"/_delta_log/\d{20}\.json(?:\?|$)"
+DELTA_LOG_ANY = r"_delta_log"  # log entries, checkpoints, and listings of the log (prefix=..._delta_log...)
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+@dataclass(frozen=True)
+class ProxyEvent:
+    """One request the proxy saw: what the server answered and what the client got."""
+
+    method: str
+    path: str
+    status: int | None  # the server's answer (None: never reached it)
+    action: str  # "relayed" or "dropped"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+@dataclass
+class _Fault:
+    method: str | None
+    pattern: re.Pattern[str]
+    remaining: int
+    after: int  # matching requests to let through before the fault starts
+    how: str  # "reset" / "close": apply, then cut the client off; "refuse": cut it off unapplied
+    then: Callable[[], None] | None = None  # called when the fault fires, before the client is cut off
+
+
+class FaultProxy:
+    """Start with `FaultProxy(upstream).start()`; point clients at `proxy.endpoint`."""
+
+    def __init__(self, upstream: str) -> None:
+        parsed = urlparse(upstream)
+        assert parsed.scheme == "http" and parsed.hostname and parsed.port, upstream
+        self.upstream_host = parsed.hostname
+        self.upstream_port = parsed.port
+        self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        self.events: list[ProxyEvent] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None, "start() the proxy first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FaultProxy:
+        self._server = _Server(("127.0.0.1", 0), _Handler, self)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def drop_response_after_apply(
+        self,
+        pattern: str = DELTA_LOG_ENTRY,
+        *,
+        method: str = "PUT",
+        times: int = 1,
+        after: int = 0,
+        how: str = "reset",
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """After letting `after` matching requests through, let the next `times` reach the server and be
+        applied, then cut the client off unanswered.
+
+        `how` is "reset" (RST: the client sees "connection reset by peer") or "close" (a clean FIN
+        before any byte of the answer: "connection closed before message completed").
+        Patterns are searched in the request target (path and query). `then` runs when a drop
+        fires, before the client is cut off (e.g. to make the store unreachable from then on).
+        """
+        assert how in ("reset", "close"), how
+        with self._lock:
+            self._faults.append(_Fault(method.upper(), re.compile(pattern), times, after, how, then))
+
+    def refuse(self, pattern: str = DELTA_LOG_ANY, *, method: str | None = None, times: int = 1, after: int = 0) -> None:
+        """Reset the next `times` matching requests (any method if None) without forwarding them: the
+        store looks unreachable for them, and nothing is applied."""
+        with self._lock:
+            self._faults.append(_Fault(method.upper() if method else None, re.compile(pattern), times, after, "refuse"))
+
+    def armed(self) -> bool:
+        with self._lock:
+            return any(f.remaining > 0 for f in self._faults)
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def matching(self, pattern: str = DELTA_LOG_ENTRY, *, method: str | None = None) -> list[ProxyEvent]:
+        with self._lock:
+            events = list(self.events)
+        rx = re.compile(pattern)
+        return [e for e in events if rx.search(e.path) and (method is None or e.method == method)]
+
+    def _take_fault(self, method: str, target: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.remaining > 0 and fault.method in (None, method) and fault.pattern.search(target):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def _record(self, event: ProxyEvent) -> None:
+        with self._lock:
+            self.events.append(event)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[socketserver.BaseRequestHandler], proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        super().__init__(address, handler)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        upstream: http.client.HTTPConnection | None = None
+        try:
+            while True:
+                request_line = self.rfile.readline(65537)
+                if not request_line or not request_line.strip():
+                    return
+                method, target, _version = request_line.decode("latin-1").split()
+                headers = self._read_headers()
+                if any(k.lower() == "expect" and v.lower() == "100-continue" for k, v in headers):
+                    self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+                body = self._read_body(headers)
+                fault = self.server.proxy._take_fault(method, target)
+                drop = fault.how if fault is not None else None
+                if drop == "refuse":
+                    self.server.proxy._record(ProxyEvent(method, target, None, "refused", tuple(headers)))
+                    _reset(self.connection)
+                    return
+                if upstream is None:
+                    proxy = self.server.proxy
+                    upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+                try:
+                    status, reason, answer_headers, answer = _forward(upstream, method, target, headers, body)
+                except (OSError, http.client.HTTPException):
+                    upstream.close()
+                    upstream = None
+                    self.server.proxy._record(ProxyEvent(method, target, None, "upstream-failed", tuple(headers)))
+                    _reset(self.connection)
+                    return
+                if drop is not None:
+                    # The server applied the request; the client never hears about it.
+                    self.server.proxy._record(ProxyEvent(method, target, status, f"dropped ({drop})", tuple(headers)))
+                    if fault is not None and fault.then is not None:
+                        fault.then()
+                    if drop == "reset":
+                        _reset(self.connection)
+                    else:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.server.proxy._record(ProxyEvent(method, target, status, "relayed", tuple(headers)))
+                self._relay(method, status, reason, answer_headers, answer)
+                if any(k.lower() == "connection" and v.lower() == "close" for k, v in headers):
+                    return
+        except (OSError, ValueError):
+            return
+        finally:
+            if upstream is not None:
+                upstream.close()
+
+    def _read_headers(self) -> list[tuple[str, str]]:
+        headers = []
+        while True:
+            line = self.rfile.readline(65537).decode("latin-1")
+            if line in ("\r\n", "\n", ""):
+                return headers
+            key, _, value = line.partition(":")
+            headers.append((key.strip(), value.strip()))
+
+    def _read_body(self, headers: list[tuple[str, str]]) -> bytes:
+        lowered = {k.lower(): v for k, v in headers}
+        if "chunked" in lowered.get("transfer-encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(lowered.get("content-length", "0") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _relay(self, method: str, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        out = [f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")]
+        has_length = False
+        for key, value in headers:
+            lk = key.lower()
+            if lk in _HOP_BY_HOP:
+                continue
+            if lk == "content-length":
+                if method == "HEAD":
+                    has_length = True
+                    out.append(f"{key}: {value}\r\n".encode("latin-1"))
+                continue
+            out.append(f"{key}: {value}\r\n".encode("latin-1"))
+        if not (method == "HEAD" and has_length) and not (status < 200 or status in (204, 304)):
+            out.append(f"Content-Length: {len(body)}\r\n".encode("latin-1"))
+        out.append(b"\r\n")
+        self.wfile.write(b"".join(out) + (b"" if method == "HEAD" else body))
+        self.wfile.flush()
+
+
+def _forward(
+    upstream: http.client.HTTPConnection, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    upstream.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+    for key, value in headers:
+        lk = key.lower()
+        if lk in _HOP_BY_HOP or lk == "content-length":
+            continue
+        upstream.putheader(key, value)
+    if body or method in ("PUT", "POST"):
+        upstream.putheader("Content-Length", str(len(body)))
+    upstream.endheaders(body if body else None)
+    response = upstream.getresponse()
+    answer = response.read()
+    return response.status, response.reason, list(response.getheaders()), answer
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0): the client sees 'connection reset', not a clean end."""
+    try:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+    except OSError:
+        pass
