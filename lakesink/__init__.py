@@ -23,9 +23,11 @@ from lakesink.errors import (
     TransientError,
 )
 from lakesink.ingest import IngestProgress, IngestReport, ingest
+from lakesink.orphans import GcReport, collect_garbage
 from lakesink.sink import Sink
 from lakesink.status import TableStatus, table_status
 from lakesink.storage import StorageOptions
+from lakesink.verify import VerifyReport, verify_table
 
 __all__ = [
     "BadRecord",
@@ -33,6 +35,7 @@ __all__ = [
     "CommitPolicy",
     "ConcurrentWriterError",
     "ConfigError",
+    "GcReport",
     "IngestProgress",
     "IngestReport",
     "InvalidPosition",
@@ -46,8 +49,11 @@ __all__ = [
     "TableStatus",
     "TerminalError",
     "TransientError",
+    "VerifyReport",
     "WriteResult",
     "__version__",
+    "collect_garbage",
     "ingest",
     "table_status",
+    "verify_table",
 ]

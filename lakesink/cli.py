@@ -8,12 +8,14 @@ lost or duplicated by rerunning).
 from __future__ import annotations
 
 import json
+import re
 import sys
+from datetime import timedelta
 from typing import Any, NoReturn
 
 import click
 
-from lakesink import IngestProgress, LakesinkError, TransientError, ingest, table_status
+from lakesink import IngestProgress, LakesinkError, TransientError, collect_garbage, ingest, table_status, verify_table
 
 EXIT_TERMINAL = 1
 EXIT_TRANSIENT = 75
@@ -185,3 +187,84 @@ def status_command(table: str, storage_pairs: tuple[str, ...], as_json: bool) ->
     if status.partition_columns:
         click.echo(f"partitions {', '.join(status.partition_columns)}")
     click.echo("positions  " + (", ".join(f"{k}={v}" for k, v in status.positions.items()) or "(none)"))
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    """`90s`, `30m`, `1h`, `7d`, `1h30m` (or plain seconds) as a timedelta."""
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return timedelta(seconds=float(text))
+    if not text or _DURATION_PART.sub("", text):
+        raise click.BadParameter(f"{value!r} is not a duration: use e.g. 90s, 30m, 1h, 7d or 1h30m")
+    return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text)))
+
+
+@main.command("gc")
+@click.argument("table")
+@click.option(
+    "--older-than",
+    default="1h",
+    callback=_parse_duration,
+    show_default=True,
+    help="Grace period: never delete a file younger than this (a writer may be about to commit it). "
+    "Must exceed any writer's time from staging to committing.",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=_STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+def gc_command(table: str, older_than: timedelta, dry_run: bool, storage_pairs: tuple[str, ...], as_json: bool) -> None:
+    """Delete staged files of TABLE that no version references (left by crashed or losing writers).
+
+    \b
+    Deletes Parquet files under TABLE that no add/remove action in the log names, and source
+    ledgers above their app id's committed position, when older than --older-than. Files removed by
+    a later commit (still needed for time travel) are VACUUM's job and stay. Safe while writers run.
+
+    \b
+    Example:
+      lakesink gc ./lake/events --older-than 6h --dry-run
+    """
+    try:
+        report = collect_garbage(table, older_than=older_than, dry_run=dry_run, storage_options=_parse_options(storage_pairs))
+    except LakesinkError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.to_dict()}))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for path in report.orphan_files + report.orphan_ledgers:
+        if dry_run or path in report.deleted:
+            click.echo(f"{verb}  {path}")
+    click.echo(report.summary())
+
+
+@main.command("verify")
+@click.argument("table")
+@click.option("--key", "keys", multiple=True, metavar="COL", help="Report key values that occur more than once (repeatable).")
+@click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=_STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+def verify_command(table: str, keys: tuple[str, ...], storage_pairs: tuple[str, ...], as_json: bool) -> None:
+    """Check that every file TABLE references is present, whole and readable; exit 1 if not.
+
+    \b
+    Each referenced file must exist, have the size the log recorded and a readable Parquet footer
+    with the recorded row count. With --key, key values that occur more than once are reported too.
+
+    \b
+    Example:
+      lakesink verify s3://lake/events --key id
+    """
+    try:
+        report = verify_table(table, key_columns=keys, storage_options=_parse_options(storage_pairs))
+    except LakesinkError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo("\n".join(report.lines()))
+    if not report.ok:
+        sys.exit(EXIT_TERMINAL)
