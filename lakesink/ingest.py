@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
 
-from lakesink.errors import SchemaMismatch
+from lakesink.errors import ConfigError, SchemaMismatch
+from lakesink.quarantine import Quarantine
 from lakesink.schema import fit
 from lakesink.sink import Sink
-from lakesink.sources.files import Chunk, FilePosition, FileSource, Format
+from lakesink.sources.files import DEFAULT_MAX_RECORD_BYTES, Chunk, FilePosition, FileSource, Format, Rejected
 from lakesink.stage import _app_slug
-from lakesink.storage import StorageOptions
+from lakesink.storage import StorageOptions, normalize_table_uri
 
 LEDGER_DIR = "_lakesink/ledger"
 
@@ -31,7 +33,7 @@ class IngestProgress:
 
 @dataclass(frozen=True, slots=True)
 class IngestReport:
-    """What one `ingest` run did. `rows_written` counts rows this run committed itself."""
+    """What one `ingest` run did. `rows_written` and `rows_quarantined` count rows this run committed itself."""
 
     source: str
     table_uri: str
@@ -39,6 +41,8 @@ class IngestReport:
     files_total: int
     files_read: int
     rows_written: int
+    rows_quarantined: int
+    bad_records_uri: str | None
     commits: int
     skipped_batches: int
     start_position: int | None
@@ -50,8 +54,11 @@ class IngestReport:
         return asdict(self)
 
     def summary(self) -> str:
+        quarantined = (
+            f" ({self.rows_quarantined} bad records quarantined in {self.bad_records_uri})" if self.bad_records_uri else ""
+        )
         return (
-            f"{self.rows_written} rows from {self.files_read} of {self.files_total} files in {self.commits} commits "
+            f"{self.rows_written} rows{quarantined} from {self.files_read} of {self.files_total} files in {self.commits} commits "
             f"({self.skipped_batches} batches already committed) in {self.seconds:.1f}s; "
             f"position {self.end_position}, table version {self.table_version}"
         )
@@ -70,6 +77,8 @@ def ingest(
     batch_rows: int = 100_000,
     partition_by: Sequence[str] | None = None,
     evolve_schema: bool = False,
+    bad_records: str | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     storage_options: dict[str, str] | None = None,
     on_progress: Callable[[IngestProgress], None] | None = None,
     clock: Callable[[], float] = time.time,
@@ -78,23 +87,41 @@ def ingest(
 
     Rerunning after a crash continues after the last commit; rerunning after success adds nothing.
 
+    `bad_records` (a local path or s3 URI of a Delta table, the dead-letter table) turns bad records
+    from errors into rows of that table: an NDJSON or CSV record that cannot be parsed or does not
+    fit the table's schema is quarantined there, exactly once (see lakesink.quarantine), and its
+    batch's good rows are committed. Every record then ends up in one of the two tables.
+
+    `max_record_bytes` is the longest NDJSON line or CSV row read; a longer one stops the run.
+
     Raises:
-        BadRecord: a malformed record (names file and line); nothing from its batch is committed.
+        BadRecord: a malformed record (names file and line) without `bad_records`, or a record
+            longer than `max_record_bytes`; nothing from its batch is committed.
         SourceContractViolation: an ingested file changed, vanished, or a new one sorts before it.
         SchemaMismatch, ConfigError, TransientError: see lakesink.errors.
     """
     started = time.monotonic()
     options = StorageOptions.resolve(storage_options)
-    files = FileSource(source, format=format, storage_options=options)
-    with Sink(
-        table_uri,
-        app_id=app_id,
-        storage_options=dict(options.values),
-        partition_by=partition_by,
-        evolve_schema=evolve_schema,
-        clock=clock,
-    ) as sink:
-        run = _Run(files, sink, batch_rows=max(1, batch_rows), on_progress=on_progress)
+    files = FileSource(source, format=format, storage_options=options, max_record_bytes=max_record_bytes)
+    if bad_records is not None and normalize_table_uri(bad_records) == normalize_table_uri(table_uri):
+        raise ConfigError("bad_records must be another table than the one ingested into (e.g. TABLE_bad)")
+    with ExitStack() as stack:
+        sink = stack.enter_context(
+            Sink(
+                table_uri,
+                app_id=app_id,
+                storage_options=dict(options.values),
+                partition_by=partition_by,
+                evolve_schema=evolve_schema,
+                clock=clock,
+            )
+        )
+        quarantine = None
+        if bad_records is not None:
+            quarantine = stack.enter_context(
+                Quarantine(bad_records, app_id=app_id, storage_options=dict(options.values), clock=clock)
+            )
+        run = _Run(files, sink, quarantine, batch_rows=max(1, batch_rows), on_progress=on_progress)
         start_position = sink.committed_position()
         start = run.resume_point()
         run.drive(start)
@@ -106,6 +133,8 @@ def ingest(
             files_total=len(files.files),
             files_read=run.files_read,
             rows_written=run.rows_written,
+            rows_quarantined=run.rows_quarantined,
+            bad_records_uri=quarantine.uri if quarantine is not None else None,
             commits=run.commits,
             skipped_batches=run.skipped,
             start_position=start_position,
@@ -115,17 +144,39 @@ def ingest(
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """The records after the last batch up to `end`: the good ones as rows, the bad ones set aside.
+
+    `rows` is None while no record was good and the table does not exist yet: there is no schema
+    to create it with, so only the bad records are written (and the table's position waits).
+    """
+
+    end: FilePosition
+    rows: pa.Table | None
+    rejected: tuple[Rejected, ...]
+    files: list[int]
+
+
 class _Run:
     """One ingest run's state: batching chunks into positioned writes."""
 
     def __init__(
-        self, files: FileSource, sink: Sink, *, batch_rows: int, on_progress: Callable[[IngestProgress], None] | None
+        self,
+        files: FileSource,
+        sink: Sink,
+        quarantine: Quarantine | None,
+        *,
+        batch_rows: int,
+        on_progress: Callable[[IngestProgress], None] | None,
     ) -> None:
         self.files = files
         self.sink = sink
+        self.quarantine = quarantine
         self.batch_rows = batch_rows
         self.on_progress = on_progress
         self.rows_written = 0
+        self.rows_quarantined = 0
         self.commits = 0
         self.skipped = 0
         self.files_read = 0
@@ -152,17 +203,24 @@ class _Run:
 
     def _write_from(self, start: FilePosition) -> FilePosition | None:
         previous = self.sink.committed_position()
-        for end, table, batch_files in self._batches(start):
+        for batch in self._batches(start):
+            position = batch.end.encode()
+            if self.quarantine is not None and batch.rejected:
+                # Before the good rows: once the table holds `position`, nothing reads this batch
+                # again, so its bad records must already be safe (lakesink.quarantine).
+                self.rows_quarantined += self.quarantine.write(batch.rejected, position=position)
+            if batch.rows is None:
+                self._report(batch.end)
+                continue
             committed = self.sink.committed_position()
-            position = end.encode()
             if committed is None or committed < position:
                 self.sink.store.write_bytes(
                     ledger_path(self.sink.app_id, position),
-                    self.files.ledger(app_id=self.sink.app_id, end=end, batch_files=batch_files),
+                    self.files.ledger(app_id=self.sink.app_id, end=batch.end, batch_files=batch.files),
                 )
             # The batch holds exactly the records after `previous`: it must not land on top of a
             # position another copy of this job committed in the middle of it.
-            result = self.sink.write(table, position=position, previous=previous)
+            result = self.sink.write(batch.rows, position=position, previous=previous)
             if result.committed:
                 self.commits += 1
                 self.rows_written += result.rows
@@ -172,7 +230,7 @@ class _Run:
                 self.skipped += 1
                 return self.resume_point()  # another copy got elsewhere: continue after its commit
             previous = position
-            self._report(end)
+            self._report(batch.end)
         return None
 
     def _report(self, end: FilePosition) -> None:
@@ -181,53 +239,72 @@ class _Run:
             done = sum(f.size for f in self.files.files[: end.file_index])
             self.on_progress(IngestProgress(done, self._bytes_total, self.rows_written, self.commits, end.encode()))
 
-    def _batches(self, start: FilePosition) -> Iterator[tuple[FilePosition, pa.Table, list[int]]]:
-        """(end position, rows, indexes of files touched) for each batch of up to batch_rows rows.
+    def _batches(self, start: FilePosition) -> Iterator[_Batch]:
+        """Each batch of up to batch_rows records (good and bad), in order.
 
         A batch may span files; its end position is where its last record lies, or the start of
         the next file when it ends exactly at the end of one.
         """
-        handle = self.sink.handle
-        schema = handle.arrow_schema() if handle is not None else None
-        pending: list[pa.Table] = []
-        pending_rows = 0
+        first_schema: pa.Schema | None = None
+
+        def table_schema() -> pa.Schema | None:
+            # The table's schema as the run changes it (created, evolved), so later files are
+            # read with the table's types, not with types guessed from their own first block.
+            handle = self.sink.handle
+            return handle.arrow_schema() if handle is not None else first_schema
+
+        pending: list[Chunk] = []
+        pending_records = 0
         touched: list[int] = []
-        for chunk in self.files.chunks(start, schema=schema):
-            table = self._fit(chunk, schema)
-            if table is not None and schema is None:
-                schema = table.schema
+        chunks = self.files.chunks(start, schema=table_schema, evolve=self.sink._evolve, quarantine=self.quarantine is not None)
+        for chunk in chunks:
+            chunk = self._fit(chunk, table_schema())
+            if first_schema is None and chunk.table.num_columns:
+                first_schema = chunk.table.schema
             if not touched or touched[-1] != chunk.file_index:
                 touched.append(chunk.file_index)
-            offset = 0
-            rows = table.num_rows if table is not None else 0
-            while table is not None and rows - offset >= self.batch_rows - pending_rows:
-                take = self.batch_rows - pending_rows
-                pending.append(table.slice(offset, take))
-                offset += take
-                file_done = chunk.last and offset == rows
-                end = (
-                    FilePosition(chunk.file_index + 1, 0)
-                    if file_done
-                    else FilePosition(chunk.file_index, chunk.row_start + offset)
-                )
-                yield end, _concat(pending), touched
-                pending, pending_rows = [], 0
+            cursor = chunk.row_start
+            while chunk.row_end - cursor >= self.batch_rows - pending_records:
+                stop = cursor + self.batch_rows - pending_records
+                pending.append(chunk.between(cursor, stop))
+                file_done = chunk.last and stop == chunk.row_end
+                end = FilePosition(chunk.file_index + 1, 0) if file_done else FilePosition(chunk.file_index, stop)
+                yield _batch(end, pending, touched, table_schema())
+                pending, pending_records = [], 0
                 touched = [] if file_done else [chunk.file_index]
-            if table is not None and offset < rows:
-                pending.append(table.slice(offset))
-                pending_rows += rows - offset
-        if touched and schema is not None:
+                cursor = stop
+            if cursor < chunk.row_end:
+                pending.append(chunk.between(cursor, chunk.row_end))
+                pending_records += chunk.row_end - cursor
+        schema = table_schema()
+        if touched and (schema is not None or any(p.rejected for p in pending)):
             # The tail: a partial batch, or empty files after the last full batch.
-            yield FilePosition(touched[-1] + 1, 0), _concat(pending) if pending else schema.empty_table(), touched
+            yield _batch(FilePosition(touched[-1] + 1, 0), pending, touched, schema)
 
-    def _fit(self, chunk: Chunk, schema: pa.Schema | None) -> pa.Table | None:
+    def _fit(self, chunk: Chunk, schema: pa.Schema | None) -> Chunk:
+        """The chunk with its good rows cast to the table's schema."""
         if chunk.table.num_columns == 0:
-            return None
+            if chunk.table.num_rows == 0 or schema is None:
+                return chunk
+            # Records that are empty objects: rows of nulls, so every record is accounted for.
+            chunk = replace(chunk, table=pa.table({schema.names[0]: pa.nulls(chunk.table.num_rows)}))
         try:
             fitted = fit(chunk.table, schema, evolve=self.sink._evolve)
         except SchemaMismatch as exc:
-            raise SchemaMismatch(f"{chunk.file.path} (records {chunk.row_start + 1}..{chunk.row_end}): {exc}") from exc
-        return fitted.table
+            raise SchemaMismatch(
+                f"{self.files.location(chunk.file)} (records {chunk.row_start + 1}..{chunk.row_end}): {exc}"
+            ) from exc
+        return replace(chunk, table=fitted.table)
+
+
+def _batch(end: FilePosition, pending: list[Chunk], touched: list[int], schema: pa.Schema | None) -> _Batch:
+    tables = [p.table for p in pending if p.table.num_columns]
+    rejected = tuple(r for p in pending for r in p.rejected)
+    if tables:
+        rows: pa.Table | None = _concat(tables)
+    else:
+        rows = schema.empty_table() if schema is not None else None
+    return _Batch(end=end, rows=rows, rejected=rejected, files=list(touched))
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

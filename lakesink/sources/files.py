@@ -6,6 +6,11 @@ Position contract (resume needs only the Delta `txn` version):
         position = file_index << 40 | row        (2**40 records per file, 2**23 files)
     When a batch ends exactly at the end of a file, the position is (file_index + 1, 0), so a
     finished source and a fresh file appended later both resume cleanly.
+    A record is what `row` counts: a non-blank line of NDJSON (one object per line), a row after
+    the header of CSV (empty lines skipped, quoted line ends allowed), a row of Parquet. The fast
+    readers and the per-record fallback count alike, so a record's index within its file is the
+    same whichever path read it; a record that cannot be read still counts, whether it fails the
+    run or is quarantined (`Chunk.rejected`).
 
 What the contract assumes, and checks: files already (partly) ingested never change, vanish or
 gain a new neighbour sorting before them; new files sort after every committed one. Each commit
@@ -19,18 +24,17 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import io
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from lakesink.errors import BadRecord, ConfigError, SourceContractViolation
+from lakesink.sources.csv_rows import CsvReader
+from lakesink.sources.ndjson import NdjsonReader
+from lakesink.sources.records import Chunk, Format, Rejected, SchemaNow, SourceFile, no_columns
 from lakesink.storage import (
     ObjectInfo,
     ObjectStore,
@@ -41,7 +45,8 @@ from lakesink.storage import (
     open_store,
 )
 
-Format = Literal["ndjson", "csv", "parquet"]
+__all__ = ["Chunk", "FilePosition", "FileSource", "Format", "Rejected", "SourceFile", "DEFAULT_MAX_RECORD_BYTES"]
+
 ROW_BITS = 40
 _ROW_MASK = (1 << ROW_BITS) - 1
 _MAX_FILES = 1 << (63 - ROW_BITS)
@@ -52,7 +57,8 @@ _EXTENSIONS: dict[str, Format] = {
     ".csv": "csv",
     ".parquet": "parquet",
 }
-_READ_BLOCK_BYTES = 8 << 20
+DEFAULT_MAX_RECORD_BYTES = 8 << 20
+"""The longest record (NDJSON line, CSV row) read by default; it is also the CSV reader's block size."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -74,29 +80,6 @@ class FilePosition:
         return self.file_index + (1 if self.row else 0)
 
 
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    path: str
-    size: int
-    mtime_ns: int
-    format: Format
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """Records [row_start, row_end) of files[file_index]; `last` when the file ends with it."""
-
-    file_index: int
-    file: SourceFile
-    table: pa.Table
-    row_start: int
-    last: bool
-
-    @property
-    def row_end(self) -> int:
-        return self.row_start + self.table.num_rows
-
-
 class FileSource:
     """The files under `uri` (local folder or glob, or `s3://bucket/prefix[/glob]`), listed once."""
 
@@ -107,17 +90,23 @@ class FileSource:
         format: Format | None = None,
         storage_options: StorageOptions | None = None,
         store: ObjectStore | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
+        if isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int) or max_record_bytes < 1:
+            raise ConfigError(f"max_record_bytes must be a positive int (bytes), not {max_record_bytes!r}")
         self.uri = uri
+        self.max_record_bytes = max_record_bytes
         options = storage_options or StorageOptions.resolve()
         if is_remote(uri):
             root, pattern = _split_remote_glob(uri)
+            self._root = root
             self.store: ObjectStore = store or open_store(root, options)
             infos = [
                 i for i in iter_hidden_filtered(self.store.list_files("")) if pattern is None or fnmatch.fnmatch(i.path, pattern)
             ]
         else:
             root, rel = expand_local_source(uri)
+            self._root = root
             self.store = store or open_store(root, options)
             infos = [i for i in (self.store.info(p) for p in rel) if i is not None]
         if not infos:
@@ -188,81 +177,78 @@ class FileSource:
             "ingested: files are treated as immutable and new files must sort after ingested ones."
         )
 
-    def chunks(self, start: FilePosition, *, schema: pa.Schema | None) -> Iterator[Chunk]:
-        """Records from `start` on, in order, in chunks of the reader's block size.
+    def location(self, file: SourceFile) -> str:
+        """The file's full path or URI, as messages and the dead-letter table name it."""
+        return file.path if file.path.startswith("/") else f"{self._root.rstrip('/')}/{file.path}"
 
-        `schema` (the table's, when it exists) types CSV and NDJSON columns, so every file is read
-        with the table's types rather than types guessed from its own first block.
+    def chunks(
+        self, start: FilePosition, *, schema: SchemaNow | pa.Schema | None, evolve: bool = False, quarantine: bool = False
+    ) -> Iterator[Chunk]:
+        """Records from `start` on, in order, in chunks of about the reader's block size.
+
+        `schema` (the table's, when it exists; a callable when it can change during the run) types
+        CSV and NDJSON columns, so every file is read with the table's types rather than types
+        guessed from its own first block. With `quarantine`, a record that cannot be parsed or
+        typed (including, unless `evolve`, one with a column the table lacks) is set aside in its
+        chunk's `rejected` instead of failing the run.
 
         Raises:
-            BadRecord: a record cannot be parsed or typed; names the file and line (or row).
+            BadRecord: a record cannot be parsed or typed (unless quarantining), or is longer than
+                max_record_bytes; names the file and line.
         """
+        schema_now: SchemaNow = schema if callable(schema) else (lambda: schema)
         for index in range(start.file_index, len(self.files)):
             skip = start.row if index == start.file_index else 0
-            yield from self._file_chunks(index, skip, schema)
+            yield from self._file_chunks(index, skip, schema_now, evolve=evolve, quarantine=quarantine)
 
-    def _file_chunks(self, index: int, skip: int, schema: pa.Schema | None) -> Iterator[Chunk]:
+    def _file_chunks(self, index: int, skip: int, schema_now: SchemaNow, *, evolve: bool, quarantine: bool) -> Iterator[Chunk]:
         file = self.files[index]
-        row = 0
-        pending: pa.Table | None = None
-        for batch in self._read(file, schema):
-            n = batch.num_rows
-            if row + n <= skip:
-                row += n
+        records = 0
+        pending: Chunk | None = None
+        for chunk in self._read(index, schema_now, evolve=evolve, quarantine=quarantine):
+            records = chunk.row_end
+            if chunk.row_end <= skip:
                 continue
-            table = pa.Table.from_batches([batch])
-            if row < skip:
-                table = table.slice(skip - row)
-                row = skip
+            if chunk.row_start < skip:
+                chunk = chunk.between(skip, chunk.row_end)
             if pending is not None:
-                yield Chunk(index, file, pending, row - pending.num_rows, last=False)
-            pending = table
-            row += table.num_rows
-        if skip > row:
-            raise SourceContractViolation(f"{file.path!r} has {row} records but {skip} were committed: it changed after ingest")
+                yield pending
+            pending = chunk
+        if skip > records:
+            raise SourceContractViolation(
+                f"{file.path!r} has {records} records but {skip} were committed: it changed after ingest"
+            )
         if pending is None:
-            pending = pa.table({})
-        yield Chunk(index, file, pending, row - pending.num_rows, last=True)
+            pending = Chunk(index, file, no_columns(), records, records, last=False)
+        yield replace(pending, last=True)
 
-    def _read(self, file: SourceFile, schema: pa.Schema | None) -> Iterator[pa.RecordBatch]:
+    def _read(self, index: int, schema_now: SchemaNow, *, evolve: bool, quarantine: bool) -> Iterator[Chunk]:
+        file = self.files[index]
         if file.size == 0:
             return
+        location = self.location(file)
+        if file.format == "ndjson":
+            ndjson = NdjsonReader(index, file, location, self.max_record_bytes, quarantine=quarantine, evolve=evolve)
+            with self.store.open_input(file.path) as stream:
+                yield from ndjson.chunks(stream, schema_now)
+        elif file.format == "csv":
+            rows = CsvReader(index, file, location, self.max_record_bytes, quarantine=quarantine, evolve=evolve)
+            yield from rows.chunks(lambda: self.store.open_input(file.path), schema_now)
+        else:
+            yield from self._read_parquet(index, file)
+
+    def _read_parquet(self, index: int, file: SourceFile) -> Iterator[Chunk]:
+        record = 0
         try:
             with self.store.open_input(file.path) as stream:
-                if file.format == "parquet":
-                    yield from pq.ParquetFile(stream).iter_batches(batch_size=64 * 1024)
-                elif file.format == "csv":
-                    yield from pacsv.open_csv(
-                        stream, read_options=pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES), convert_options=_csv_types(schema)
-                    )
-                else:
-                    yield from pajson.open_json(
-                        stream,
-                        read_options=pajson.ReadOptions(block_size=_READ_BLOCK_BYTES),
-                        parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-                        if schema is not None
-                        else None,
-                    )
+                for batch in pq.ParquetFile(stream).iter_batches(batch_size=64 * 1024):
+                    yield Chunk(index, file, pa.Table.from_batches([batch]), record, record + batch.num_rows, last=False)
+                    record += batch.num_rows
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            if file.format != "parquet" and "Empty" in str(exc) and not self.store.read_bytes(file.path).strip():
-                return  # a file of blank lines holds no records
-            raise self._bad_record(file, exc, schema) from exc
-
-    def _bad_record(self, file: SourceFile, exc: Exception, schema: pa.Schema | None) -> BadRecord:
-        where = f"{self.uri.rstrip('/')}/{file.path}" if not file.path.startswith("/") else file.path
-        if file.format == "ndjson":
-            located = _locate_bad_json_line(self.store, file, schema)
-            if located:
-                line, problem = located
-                return BadRecord(
-                    f"{where}:{line}: {problem}. Fix or remove that line, then rerun; nothing was committed from it."
-                )
-        if file.format == "csv":
-            located = _locate_bad_csv_line(self.store, file, schema)
-            if located:
-                line, problem = located
-                return BadRecord(f"{where}:{line}: {problem}. Fix that line, then rerun; nothing was committed from it.")
-        return BadRecord(f"{where}: {exc}. Fix the file, then rerun; nothing was committed from it.")
+            raise BadRecord(
+                f"{self.location(file)}: not a readable Parquet file ({exc}). Fix or remove the file, then rerun; "
+                "nothing was committed from its batch."
+            ) from exc
 
 
 def _split_remote_glob(uri: str) -> tuple[str, str | None]:
@@ -282,83 +268,3 @@ def _source_file(info: ObjectInfo, format: Format | None) -> SourceFile:
             )
         format = detected
     return SourceFile(path=info.path, size=info.size, mtime_ns=info.mtime_ns, format=format)
-
-
-def _csv_types(schema: pa.Schema | None) -> pacsv.ConvertOptions:
-    if schema is None:
-        return pacsv.ConvertOptions()
-    return pacsv.ConvertOptions(column_types={f.name: f.type for f in schema})
-
-
-def _locate_bad_json_line(store: ObjectStore, file: SourceFile, schema: pa.Schema | None) -> tuple[int, str] | None:
-    """The first line that is not a JSON object or does not fit `schema` (slow path: errors only)."""
-    with store.open_input(file.path) as stream:
-        for number, raw in enumerate(_lines(stream), start=1):
-            text = raw.strip()
-            if not text:
-                continue
-            try:
-                record = json.loads(text)
-            except ValueError as exc:
-                return number, f"not valid JSON ({exc.args[0] if exc.args else exc})"
-            if not isinstance(record, dict):
-                return number, f"a JSON {type(record).__name__}, not an object"
-            if schema is not None:
-                for field in schema:
-                    if field.name in record:
-                        try:
-                            pa.array([record[field.name]], type=field.type)
-                        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-                            value = record[field.name]
-                            return number, f"field {field.name!r} = {value!r} is not {field.type} as the table requires"
-    return None
-
-
-def _locate_bad_csv_line(store: ObjectStore, file: SourceFile, schema: pa.Schema | None) -> tuple[int, str] | None:
-    """The first CSV line with the wrong number of fields or a value that does not fit `schema`."""
-    import csv
-
-    with store.open_input(file.path) as stream:
-        reader = csv.reader(io.TextIOWrapper(io.BufferedReader(_ReadableStream(stream)), encoding="utf-8", newline=""))
-        header = next(reader, None)
-        if header is None:
-            return None
-        types = {f.name: f.type for f in schema} if schema is not None else {}
-        for row in reader:
-            if len(row) != len(header):
-                return reader.line_num, f"{len(row)} fields where the header has {len(header)}"
-            for name, value in zip(header, row, strict=True):
-                if name in types and value != "":
-                    try:
-                        pa.array([value]).cast(types[name])
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                        return reader.line_num, f"column {name!r} = {value!r} is not {types[name]} as the table requires"
-    return None
-
-
-class _ReadableStream(io.RawIOBase):
-    """A pyarrow input stream as a Python binary stream, for the csv module."""
-
-    def __init__(self, stream: pa.NativeFile) -> None:
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _lines(stream: pa.NativeFile) -> Iterator[bytes]:
-    buffered = b""
-    while True:
-        block = stream.read(1 << 20)
-        if not block:
-            break
-        buffered += block
-        *complete, buffered = buffered.split(b"\n")
-        yield from complete
-    if buffered:
-        yield buffered

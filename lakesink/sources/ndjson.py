@@ -1,0 +1,278 @@
+"""NDJSON: one JSON object per line, read in blocks cut at line ends.
+
+lakesink cuts the blocks itself rather than letting pyarrow's streaming reader do it, for three
+reasons: a block's first line and byte offset are known, so a bad record is named exactly; the
+record size limit is checked here, with a message that says how to raise it (pyarrow only says
+"straddling object"); and each block's record count is checked against its non-blank lines, so
+a record is always one line. pyarrow alone also accepts `{..}{..}` on one line or an object spread
+over lines; were those read as records, a position reached by the fast reader would not mean the
+same records as one reached by the per-line fallback.
+
+Fast path: the whole block through pyarrow. Slow path (only for a block the fast path refused):
+each line through Python's json, then pyarrow for the types, so the good records are typed
+exactly as the fast path types them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from lakesink.errors import BadRecord
+from lakesink.sources.records import Chunk, Rejected, SchemaNow, SourceFile, no_columns
+
+# pyarrow parses a block in parallel sub-blocks of this size; a longer line makes it fail with
+# "straddling object", and the block is then parsed again as one sub-block.
+_PARSE_BLOCK_BYTES = 1 << 20
+_READ_BYTES = 8 << 20
+_JSON_SPACE = b" \t\r"
+_BLANK_LINE = re.compile(rb"\n[ \t\r]*(?=\n)")
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Whole lines of a file: `data` starts on line `line` (1-based), at byte `offset`."""
+
+    data: bytes
+    line: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class NdjsonReader:
+    """Reads one NDJSON file as chunks of typed records."""
+
+    file_index: int
+    file: SourceFile
+    location: str  # for messages and the dead-letter table
+    max_record_bytes: int
+    quarantine: bool  # keep bad records in the chunk instead of raising
+    evolve: bool
+
+    def chunks(self, stream: pa.NativeFile, schema_now: SchemaNow) -> Iterator[Chunk]:
+        """Every record of the file, a chunk per block; the caller marks the last one.
+
+        Raises:
+            BadRecord: a record longer than max_record_bytes; or, unless quarantining, the first
+                record that is not a JSON object or does not fit the table's schema.
+        """
+        record = 0
+        for block in self._blocks(stream):
+            if not block.data.strip(_JSON_SPACE + b"\n"):
+                continue  # blank lines are not records
+            schema = schema_now()
+            table = _parse_fast(block.data, schema)
+            lines = _count_records(block.data)
+            if table is not None and table.num_rows == lines and self._fits(table, schema):
+                yield Chunk(self.file_index, self.file, table, record, record + lines, last=False)
+            else:
+                yield self._salvage(block, record, schema)
+            record += lines
+
+    def _fits(self, table: pa.Table, schema: pa.Schema | None) -> bool:
+        # When quarantining, a record with a column the table lacks is a bad record, found by the
+        # slow path; otherwise schema.fit names the column for the whole run.
+        if not self.quarantine or schema is None or self.evolve:
+            return True
+        return set(table.column_names) <= set(schema.names)
+
+    def _blocks(self, stream: pa.NativeFile) -> Iterator[Block]:
+        limit = self.max_record_bytes
+        read_size = min(limit, _READ_BYTES)
+        carry: list[bytes] = []
+        carried = 0
+        line, offset = 1, 0
+        while True:
+            data = stream.read(read_size)
+            if not data:
+                if carried:
+                    yield Block(b"".join(carry), line, offset)
+                return
+            newline = data.find(b"\n")
+            if newline < 0:
+                # Only the line carried over from the last read can outgrow the limit: a line
+                # wholly inside one read is at most read_size <= limit bytes.
+                if carried + len(data) > limit:
+                    raise self._too_long(line, offset)
+                carry.append(data)
+                carried += len(data)
+                continue
+            if carried + newline > limit:
+                raise self._too_long(line, offset)
+            cut = data.rfind(b"\n") + 1
+            block = b"".join([*carry, data[:cut]])
+            yield Block(block, line, offset)
+            line += block.count(b"\n")
+            offset += len(block)
+            carry, carried = [data[cut:]], len(data) - cut
+
+    def _too_long(self, line: int, offset: int) -> BadRecord:
+        return BadRecord(
+            f"{self.location}:{line}: the record at byte offset {offset} is longer than the record size limit "
+            f"of {self.max_record_bytes} bytes (the reader's block size). If it is one record, raise the limit: "
+            "--max-record-bytes BYTES (API: max_record_bytes=BYTES); if it is several, the line ends are missing. "
+            "Nothing was committed from its batch."
+        )
+
+    def _salvage(self, block: Block, first: int, schema: pa.Schema | None) -> Chunk:
+        """The slow path: each line on its own, so that one bad record does not take its block with it."""
+        candidates: list[_Line] = []
+        rejected: list[Rejected] = []
+        record, line, offset = first, block.line, block.offset
+        for raw in block.data.split(b"\n"):
+            if raw.strip(_JSON_SPACE):
+                problem, value = _parse_line(raw)
+                if problem is None and self.quarantine and schema is not None and not self.evolve:
+                    problem = _unknown_fields(value, schema)
+                if problem is None:
+                    candidates.append(_Line(record, line, offset, raw, value))
+                else:
+                    rejected.append(self._reject(record, line, offset, raw, problem))
+                record += 1
+            line += 1
+            offset += len(raw) + 1
+        typed, refused = _type_lines(candidates, schema)  # pyarrow's types: the fast path's
+        rejected.extend(self._reject(c.record, c.line, c.offset, c.raw, problem) for c, problem in refused)
+        rejected.sort(key=lambda r: r.record)
+        if rejected and not self.quarantine:
+            raise rejected[0].error()
+        refused_records = {r.record for r in rejected}
+        good = tuple(c.record for c in candidates if c.record not in refused_records)
+        return Chunk(
+            self.file_index,
+            self.file,
+            typed if typed is not None else no_columns(),
+            first,
+            record,
+            last=False,
+            rejected=tuple(rejected),
+            good=good if rejected else None,
+        )
+
+    def _reject(self, record: int, line: int, offset: int, raw: bytes, reason: str) -> Rejected:
+        return Rejected(
+            source_file=self.location,
+            file_index=self.file_index,
+            record=record,
+            line=line,
+            byte_offset=offset,
+            reason=reason,
+            raw=raw.rstrip(b"\r").decode("utf-8", errors="replace"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    record: int
+    line: int
+    offset: int
+    raw: bytes
+    value: dict[str, object]
+
+
+def _count_records(data: bytes) -> int:
+    """Non-blank lines: the records the block must hold if every record is one line."""
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    blank = len(_BLANK_LINE.findall(b"\n" + data))
+    tail = data[data.rfind(b"\n") + 1 :]
+    if tail and not tail.strip(_JSON_SPACE):
+        blank += 1  # a last line without a line end, of spaces only
+    return lines - blank
+
+
+def _parse_fast(data: bytes, schema: pa.Schema | None) -> pa.Table | None:
+    """The block through pyarrow, or None if pyarrow refuses it (the slow path then says why)."""
+    options = _parse_options(schema)
+    for block_size in (_PARSE_BLOCK_BYTES, len(data) + 1):
+        try:
+            return pajson.read_json(
+                pa.py_buffer(data), read_options=pajson.ReadOptions(block_size=block_size), parse_options=options
+            )
+        except _ARROW_ERRORS:
+            if len(data) < _PARSE_BLOCK_BYTES:
+                return None
+    return None
+
+
+def _parse_options(schema: pa.Schema | None) -> pajson.ParseOptions:
+    if schema is None:
+        return pajson.ParseOptions()
+    return pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+
+
+def _parse_line(raw: bytes) -> tuple[str | None, dict[str, object]]:
+    try:
+        value = json.loads(raw)
+    except UnicodeDecodeError:
+        return "not valid UTF-8", {}
+    except ValueError as exc:
+        return f"not valid JSON ({exc.args[0] if exc.args else exc}; NDJSON holds one object per line)", {}
+    if not isinstance(value, dict):
+        return f"a JSON {type(value).__name__}, not an object", {}
+    return None, value
+
+
+def _unknown_fields(value: dict[str, object], schema: pa.Schema) -> str | None:
+    extra = [name for name in value if schema.get_field_index(name) < 0]
+    if not extra:
+        return None
+    names = ", ".join(repr(n) for n in extra)
+    return f"field(s) {names} are not in the table; pass --evolve-schema (API: evolve_schema=True) to add them"
+
+
+def _read_lines(lines: list[bytes], schema: pa.Schema | None) -> pa.Table:
+    return pajson.read_json(
+        pa.py_buffer(b"\n".join(lines)),
+        read_options=pajson.ReadOptions(use_threads=False, block_size=sum(len(x) + 1 for x in lines) + 1),
+        parse_options=_parse_options(schema),
+    )
+
+
+def _type_lines(candidates: list[_Line], schema: pa.Schema | None) -> tuple[pa.Table | None, list[tuple[_Line, str]]]:
+    """The candidates typed as the fast path types them, and those whose values do not fit.
+
+    All at once first (the usual bad block has only syntax errors); if that fails, one by one
+    against a schema that grows as it goes: the table's, plus, for a column the table does not
+    have yet, the type of its first non-null value.
+    """
+    if not candidates:
+        return None, []
+    try:
+        return _read_lines([c.raw for c in candidates], schema), []
+    except _ARROW_ERRORS:
+        pass
+    fields: dict[str, pa.Field] = {f.name: f for f in schema} if schema is not None else {}
+    good: list[_Line] = []
+    refused: list[tuple[_Line, str]] = []
+    for candidate in candidates:
+        known = pa.schema(list(fields.values())) if fields else None
+        try:
+            one = _read_lines([candidate.raw], known)
+        except _ARROW_ERRORS as exc:
+            refused.append((candidate, _type_problem(candidate.value, known, schema, exc)))
+            continue
+        for field in one.schema:
+            if field.name not in fields and not pa.types.is_null(field.type):
+                fields[field.name] = field
+        good.append(candidate)
+    if not good:
+        return None, refused
+    return _read_lines([c.raw for c in good], pa.schema(list(fields.values())) if fields else None), refused
+
+
+def _type_problem(value: dict[str, object], known: pa.Schema | None, table: pa.Schema | None, exc: Exception) -> str:
+    """Which field does not fit, in words; pyarrow's message when no single field is to blame."""
+    for field in known or []:
+        if field.name in value:
+            try:
+                _read_lines([json.dumps({field.name: value[field.name]}).encode()], pa.schema([field]))
+            except _ARROW_ERRORS:
+                whose = "the table requires" if table is not None and field.name in table.names else "earlier records have"
+                return f"field {field.name!r} = {value[field.name]!r} is not {field.type} as {whose}"
+    return f"cannot be typed ({str(exc).splitlines()[0]})"
