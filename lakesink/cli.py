@@ -74,6 +74,18 @@ def main() -> None:
 @click.option("--batch-rows", type=click.IntRange(min=1), default=100_000, show_default=True, help="Records per commit.")
 @click.option("--partition-by", multiple=True, help="Partition column (repeatable); only when creating the table.")
 @click.option("--evolve-schema", is_flag=True, help="Add new input columns to the table as nullable columns instead of failing.")
+@click.option(
+    "--bad-records",
+    metavar="PATH",
+    help="Quarantine records that cannot be parsed or do not fit the table in this Delta table (local path or "
+    "s3://...) with file, line, reason and text, and commit the rest, instead of failing. Exactly once, like TABLE.",
+)
+@click.option(
+    "--max-record-bytes",
+    type=click.IntRange(min=1),
+    metavar="BYTES",
+    help="Longest NDJSON line or CSV row to read (the reader's block size); default 8388608 (8 MiB).",
+)
 @click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=_STORAGE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
@@ -85,6 +97,8 @@ def ingest_command(
     batch_rows: int,
     partition_by: tuple[str, ...],
     evolve_schema: bool,
+    bad_records: str | None,
+    max_record_bytes: int | None,
     storage_pairs: tuple[str, ...],
     as_json: bool,
     progress: bool | None,
@@ -105,22 +119,23 @@ def ingest_command(
     Example:
       lakesink ingest ./events/ ./lake/events --app-id events --partition-by day
     """
-    options = _parse_options(storage_pairs)
+    options: dict[str, Any] = {
+        "app_id": app_id,
+        "format": fmt,
+        "batch_rows": batch_rows,
+        "partition_by": partition_by,
+        "evolve_schema": evolve_schema,
+        "bad_records": bad_records,
+        "storage_options": _parse_options(storage_pairs),
+    }
+    if max_record_bytes is not None:
+        options["max_record_bytes"] = max_record_bytes
     show_bar = sys.stderr.isatty() if progress is None else progress
     try:
         if show_bar and not as_json:
-            report = _ingest_with_bar(source, table, app_id, fmt, batch_rows, partition_by, evolve_schema, options)
+            report = _ingest_with_bar(source, table, options)
         else:
-            report = ingest(
-                source,
-                table,
-                app_id=app_id,
-                format=fmt,
-                batch_rows=batch_rows,
-                partition_by=partition_by,
-                evolve_schema=evolve_schema,
-                storage_options=options,
-            )
+            report = ingest(source, table, **options)
     except LakesinkError as exc:
         _fail(exc, as_json)
     if as_json:
@@ -129,16 +144,7 @@ def ingest_command(
         click.echo(report.summary())
 
 
-def _ingest_with_bar(
-    source: str,
-    table: str,
-    app_id: str,
-    fmt: Any,
-    batch_rows: int,
-    partition_by: tuple[str, ...],
-    evolve_schema: bool,
-    options: dict[str, str],
-) -> Any:
+def _ingest_with_bar(source: str, table: str, options: dict[str, Any]) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -154,17 +160,7 @@ def _ingest_with_bar(
         def update(p: IngestProgress) -> None:
             bar.update(task, total=p.bytes_total, completed=p.bytes_done, rows=p.rows_written)
 
-        return ingest(
-            source,
-            table,
-            app_id=app_id,
-            format=fmt,
-            batch_rows=batch_rows,
-            partition_by=partition_by,
-            evolve_schema=evolve_schema,
-            storage_options=options,
-            on_progress=update,
-        )
+        return ingest(source, table, on_progress=update, **options)
 
 
 @main.command("status")
