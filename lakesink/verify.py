@@ -12,14 +12,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakesink.delta_log import store_path
 from lakesink.errors import ConfigError, TableError
-from lakesink.storage import ObjectStore, StorageOptions, normalize_table_uri, open_store
+from lakesink.storage import ObjectStore, StorageOptions, is_remote, normalize_table_uri, open_store, s3_filesystem
 from lakesink.table import TableHandle, translate
 
 ProblemKind = Literal["missing", "size", "unreadable", "row_count"]
@@ -202,8 +204,10 @@ def _duplicates(
     handle: TableHandle, keys: tuple[str, ...], options: StorageOptions, *, sample_size: int
 ) -> tuple[int, int, tuple[DuplicateKey, ...]]:
     try:
-        # to_pyarrow_dataset, never to_pyarrow_table: the latter can abort the interpreter at exit on S3.
-        data = handle.table.to_pyarrow_dataset().to_table(columns=list(keys), use_threads=False)
+        # Read through pyarrow's own filesystem, not delta-rs's default handler: with both in one
+        # process, the interpreter aborted at exit ("terminate called ...") on S3 in a few runs of 30.
+        dataset = handle.table.to_pyarrow_dataset(filesystem=_table_filesystem(handle.uri, options))
+        data = dataset.to_table(columns=list(keys), use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise translate(exc, options, doing=f"read the key columns of {handle.uri}") from exc
     counts = data.group_by(list(keys), use_threads=False).aggregate([([], "count_all")])
@@ -216,6 +220,14 @@ def _duplicates(
         DuplicateKey(key=tuple((k, row[k]) for k in keys), count=int(row["count_all"])) for row in top.to_pylist()
     )
     return repeated.num_rows, extra, sample
+
+
+def _table_filesystem(uri: str, options: StorageOptions) -> pafs.FileSystem:
+    """The table root as a pyarrow filesystem; delta-rs hands the dataset paths relative to it."""
+    if not is_remote(uri):
+        return pafs.SubTreeFileSystem(uri, pafs.LocalFileSystem())
+    parsed = urlparse(uri)
+    return pafs.SubTreeFileSystem(f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/"), s3_filesystem(options))
 
 
 def _json_value(value: object) -> object:
