@@ -18,8 +18,9 @@ What is never deleted:
   grace period must exceed the longest stage-to-commit time of any writer, plus clock skew between
   this host and the store;
 - a ledger at or below its app id's committed position: resuming reads the latest one;
-- anything under a hidden directory (`_delta_log/`, `_change_data/`, `.x/`), and non-Parquet files
-  other than lakesink's own interrupted temp files.
+- anything under a hidden directory (`_delta_log/`, `_change_data/`, `.x/`) or under another Delta
+  table nested in this one's root, and non-Parquet files other than lakesink's own interrupted temp
+  files.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def collect_garbage(
     committed = {_app_slug(app): position for app, position in txn_versions(store, up_to=newest).items()}
 
     now = clock()
-    data = [f for f in listed if _is_data_file(f.path)]
+    nested = _nested_table_roots(listed)
+    data = [f for f in listed if _is_data_file(f.path) and not f.path.startswith(nested)]
     is_referenced = [f.path in referenced for f in data]
     unreferenced = [f for f, ref in zip(data, is_referenced, strict=True) if not ref]
     orphan_files = [f for f in unreferenced if _age(f, now) >= grace]
@@ -156,6 +158,12 @@ def collect_garbage(
     )
 
 
+def _nested_table_roots(listed: list[ObjectInfo]) -> tuple[str, ...]:
+    """`sub/dir/` for every Delta table inside this one's root: its files are named by its own log."""
+    roots = {f.path.split(f"/{LOG_DIR}/", 1)[0] + "/" for f in listed if f"/{LOG_DIR}/" in f.path}
+    return tuple(sorted(roots))
+
+
 def _is_data_file(path: str) -> bool:
     parts = path.split("/")
     if any(part.startswith((".", "_")) for part in parts):
@@ -186,7 +194,10 @@ def _delete_if_unchanged(store: ObjectStore, info: ObjectInfo, *, now: float, gr
     current = store.info(info.path)
     if current is None:
         return False
-    if current.mtime_ns != info.mtime_ns or current.size != info.size or _age(current, now) < grace:
+    # Whole seconds: a HEAD's Last-Modified has no fraction where a listing may (MinIO), and a
+    # re-staged file is newer by at least the grace period anyway.
+    rewritten = current.mtime_ns // 10**9 != info.mtime_ns // 10**9 or current.size != info.size
+    if rewritten or _age(current, now) < grace:
         return False
     store.delete(info.path)
     return True

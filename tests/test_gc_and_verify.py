@@ -123,6 +123,26 @@ def test_files_named_only_by_a_checkpoint_or_a_remove_action_are_never_collected
     assert sorted(read_ids_deltalake(table_uri, storage_options)) == list(range(42))
 
 
+def test_files_in_percent_encoded_partitions_and_in_a_nested_table_are_never_collected(
+    table_uri: str, storage_options: dict[str, str]
+) -> None:
+    """The log names `day=a%2Fb` as `day=a%252Fb`: gc must decode it as delta-rs does, or delete live data."""
+    days = ["a/b", "x y", "é%", "plain"]
+    with lakesink.Sink(table_uri, app_id="job", storage_options=storage_options, partition_by=["day"]) as sink:
+        sink.write(pa.table({"id": [0, 1, 2, 3], "day": days}), position=1)
+    write_batches(f"{table_uri}/nested", storage_options, app_id="inner", batches=1)  # its own log names its files
+    on_store = parquet_files_on_store(table_uri, storage_options)
+    assert len(on_store) == 5
+
+    report = lakesink.collect_garbage(table_uri, storage_options=storage_options, clock=lambda: time.time() + 86400)
+
+    assert (report.orphan_files, report.deleted, report.referenced_files, report.data_files) == ((), (), 4, 4)
+    assert parquet_files_on_store(table_uri, storage_options) == on_store
+    assert lakesink.verify_table(table_uri, key_columns=["day", "id"], storage_options=storage_options).ok
+    assert sorted(read_ids_deltalake(table_uri, storage_options)) == [0, 1, 2, 3]
+    assert read_ids_deltalake(f"{table_uri}/nested", storage_options) == list(range(10))
+
+
 def test_a_dry_run_lists_the_orphans_and_deletes_nothing(table_uri: str, storage_options: dict[str, str]) -> None:
     write_batches(table_uri, storage_options, app_id="job", batches=2)
     orphan = stage_orphan(store_for(table_uri, storage_options), position=7, ids=[7])
