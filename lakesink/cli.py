@@ -204,6 +204,7 @@ def _parse_duration(ctx: click.Context, param: click.Parameter, value: str) -> t
 @click.option(
     "--older-than",
     default="1h",
+    metavar="DURATION",
     callback=_parse_duration,
     show_default=True,
     help="Grace period: never delete a file younger than this (a writer may be about to commit it). "
