@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +22,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from lakesink.errors import BadRecord
-from lakesink.sources.records import Chunk, Rejected, SchemaNow, SourceFile, no_columns
+from lakesink.sources.records import Chunk, Rejected, SchemaNow, SourceFile, find_refused, no_columns
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 _GROUP_RECORDS = 10_000
+# Every integer pyarrow's CSV reader takes matches (it also takes hex, and trims spaces); a
+# value that does not cannot be an integer to it.
+_INTEGER = re.compile(r"\s*[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*")
+_NULL_VALUES = frozenset(pacsv.ConvertOptions().null_values)
 _GROUP_BYTES = 8 << 20
 
 
@@ -263,23 +268,41 @@ def _read_rows(header: _Row, rows: list[_Row], schema: pa.Schema | None) -> pa.T
 
 
 def _type_rows(header: _Row, rows: list[_Row], schema: pa.Schema | None) -> tuple[pa.Table | None, list[tuple[_Row, str]]]:
-    """The rows typed as the fast path types them (all at once, else one by one), and those that do not fit."""
-    if not rows:
-        return None, []
+    """The rows typed as the fast path types them, and those that do not fit.
+
+    Integer columns are checked in Python first (cheap: a whole file after a type change costs no
+    pyarrow read per row); then pyarrow reads the rest all at once, and if it refuses, the rows it
+    refuses alone are found by halving.
+    """
+    refused: list[tuple[_Row, str]] = []
+    integers = [
+        (i, name, schema.field(name).type)
+        for i, name in enumerate(header.fields)
+        if schema is not None and schema.get_field_index(name) >= 0 and pa.types.is_integer(schema.field(name).type)
+    ]
+    kept: list[_Row] = []
+    for row in rows:
+        wrong = next(((name, t, row.fields[i]) for i, name, t in integers if not _may_be_integer(row.fields[i])), None)
+        if wrong is None:
+            kept.append(row)
+        else:
+            refused.append((row, f"column {wrong[0]!r} = {wrong[2]!r} is not {wrong[1]} as the table requires"))
+    if not kept:
+        return None, refused
     try:
-        return _read_rows(header, rows, schema), []
+        return _read_rows(header, kept, schema), refused
     except _ARROW_ERRORS:
         pass
-    good: list[_Row] = []
-    refused: list[tuple[_Row, str]] = []
-    for row in rows:
-        try:
-            _read_rows(header, [row], schema)
-        except _ARROW_ERRORS as exc:
-            refused.append((row, _value_problem(header.fields, row.fields, schema, exc)))
-        else:
-            good.append(row)
-    return (_read_rows(header, good, schema) if good else None), refused
+    alone = find_refused(kept, lambda some: _read_rows(header, list(some), schema))
+    refused.extend((row, _value_problem(header.fields, row.fields, schema, exc)) for row, exc in alone)
+    bad = {id(row) for row, _ in alone}
+    kept = [row for row in kept if id(row) not in bad]
+    return (_read_rows(header, kept, schema) if kept else None), refused
+
+
+def _may_be_integer(value: str) -> bool:
+    """False only where pyarrow surely refuses `value` for an integer column (not a number, not a null marker)."""
+    return value in _NULL_VALUES or _INTEGER.fullmatch(value) is not None
 
 
 def _value_problem(names: list[str], values: list[str], schema: pa.Schema | None, exc: Exception) -> str:

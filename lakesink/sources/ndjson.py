@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from lakesink.errors import BadRecord
-from lakesink.sources.records import Chunk, Rejected, SchemaNow, SourceFile, no_columns
+from lakesink.sources.records import Chunk, Rejected, SchemaNow, SourceFile, find_refused, no_columns
 
 # pyarrow parses a block in parallel sub-blocks of this size; a longer line makes it fail with
 # "straddling object", and the block is then parsed again as one sub-block.
@@ -237,16 +237,43 @@ def _read_lines(lines: list[bytes], schema: pa.Schema | None) -> pa.Table:
 def _type_lines(candidates: list[_Line], schema: pa.Schema | None) -> tuple[pa.Table | None, list[tuple[_Line, str]]]:
     """The candidates typed as the fast path types them, and those whose values do not fit.
 
-    All at once first (the usual bad block has only syntax errors); if that fails, one by one
-    against a schema that grows as it goes: the table's, plus, for a column the table does not
-    have yet, the type of its first non-null value.
+    A table column's type is the table's; a column the table does not have yet takes the type of
+    its first non-null value. Values whose JSON kind cannot fit are refused in Python (cheap);
+    the rest go through pyarrow all at once (the usual bad block has only syntax errors), and if
+    pyarrow still refuses, the records it refuses alone are found by halving.
     """
-    if not candidates:
-        return None, []
+    refused: list[tuple[_Line, str]] = []
+    kinds: dict[str, pa.DataType] = {}
+    kept: list[_Line] = []
+    for candidate in candidates:
+        problem = _kind_problem(candidate.value, schema, kinds)
+        if problem is None:
+            kept.append(candidate)
+        else:
+            refused.append((candidate, problem))
+    if not kept:
+        return None, refused
     try:
-        return _read_lines([c.raw for c in candidates], schema), []
+        return _read_lines([c.raw for c in kept], schema), refused
     except _ARROW_ERRORS:
         pass
+    if schema is not None:
+        alone = find_refused(kept, lambda lines: _read_lines([c.raw for c in lines], schema))
+        refused.extend((c, _type_problem(c.value, schema, schema, exc)) for c, exc in alone)
+        bad = {id(c) for c, _ in alone}
+        kept = [c for c in kept if id(c) not in bad]
+        if not kept:
+            return None, refused
+        try:
+            return _read_lines([c.raw for c in kept], schema), refused
+        except _ARROW_ERRORS:
+            pass  # new columns whose types clash between records: one by one below
+    typed, more = _type_one_by_one(kept, schema)
+    return typed, refused + more
+
+
+def _type_one_by_one(candidates: list[_Line], schema: pa.Schema | None) -> tuple[pa.Table | None, list[tuple[_Line, str]]]:
+    """The last resort (slow: a pyarrow read per record), against a schema that grows as it goes."""
     fields: dict[str, pa.Field] = {f.name: f for f in schema} if schema is not None else {}
     good: list[_Line] = []
     refused: list[tuple[_Line, str]] = []
@@ -264,6 +291,62 @@ def _type_lines(candidates: list[_Line], schema: pa.Schema | None) -> tuple[pa.T
     if not good:
         return None, refused
     return _read_lines([c.raw for c in good], pa.schema(list(fields.values())) if fields else None), refused
+
+
+def _json_kind(value: object) -> pa.DataType | None:
+    """The type pyarrow infers for a JSON value's kind (None for null: it fits anything)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    if isinstance(value, str):
+        return pa.string()
+    if isinstance(value, list):
+        return pa.list_(pa.null())
+    return pa.struct([])
+
+
+def _kind_fits(kind: pa.DataType, target: pa.DataType) -> bool:
+    """False only where pyarrow's JSON reader surely refuses a value of `kind` for `target`."""
+    if pa.types.is_integer(target):
+        return pa.types.is_integer(kind)
+    if pa.types.is_floating(target):
+        return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+    if pa.types.is_string(target) or pa.types.is_large_string(target) or pa.types.is_timestamp(target):
+        return pa.types.is_string(kind)
+    if pa.types.is_boolean(target):
+        return pa.types.is_boolean(kind)
+    if pa.types.is_list(target) or pa.types.is_large_list(target):
+        return pa.types.is_list(kind)
+    if pa.types.is_struct(target):
+        return pa.types.is_struct(kind)
+    return True  # dates, decimals, binary, ...: pyarrow decides
+
+
+def _kind_problem(value: dict[str, object], schema: pa.Schema | None, kinds: dict[str, pa.DataType]) -> str | None:
+    """Why a field's JSON kind cannot fit the table's type (or, for a new column, earlier records')."""
+    for name, field_value in value.items():
+        kind = _json_kind(field_value)
+        if kind is None:
+            continue
+        if schema is not None and (index := schema.get_field_index(name)) >= 0:
+            target = schema.field(index).type
+            if not _kind_fits(kind, target):
+                return f"field {name!r} = {field_value!r} is not {target} as the table requires"
+            continue
+        first = kinds.setdefault(name, kind)
+        if pa.types.is_floating(first) and pa.types.is_integer(kind):
+            continue
+        if pa.types.is_integer(first) and pa.types.is_floating(kind):
+            kinds[name] = kind  # pyarrow reads a column of ints and floats as double
+            continue
+        if first.id != kind.id:
+            return f"field {name!r} = {field_value!r} is not {first} as earlier records have"
+    return None
 
 
 def _type_problem(value: dict[str, object], known: pa.Schema | None, table: pa.Schema | None, exc: Exception) -> str:
