@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
+from urllib.parse import unquote
 
 import pyarrow as pa
 
-from lakesink.errors import ConfigError, SchemaMismatch
+from lakesink.errors import ConfigError, SchemaMismatch, TableError
 from lakesink.quarantine import Quarantine
 from lakesink.schema import fit
 from lakesink.sink import Sink
 from lakesink.sources.files import DEFAULT_MAX_RECORD_BYTES, Chunk, FilePosition, FileSource, Format, Rejected
 from lakesink.stage import _app_slug
+from lakesink.status import txn_versions
 from lakesink.storage import StorageOptions, normalize_table_uri
 
 LEDGER_DIR = "_lakesink/ledger"
@@ -66,6 +69,48 @@ class IngestReport:
 
 def ledger_path(app_id: str, position: int) -> str:
     return f"{LEDGER_DIR}/{_app_slug(app_id)}/{position:020d}.json"
+
+
+TXN_RETENTION = "delta.setTransactionRetentionDuration"
+
+
+def refuse_if_txn_expired(sink: Sink) -> None:
+    """Called when the table holds no `txn` for the sink's app id: is that a first run, or an expired txn?
+
+    A table that sets `delta.setTransactionRetentionDuration` lets readers drop every `txn` whose
+    lastUpdated is older than that (delta-rs hides it when it loads the snapshot, and a checkpoint
+    then leaves it out for good). A job paused longer than that would find no position and ingest
+    its source again from the start: every record twice. So on such a table a missing `txn` is
+    trusted only when nothing shows this app id committed before: no `txn` for it in the log
+    itself, and no data file it staged in the snapshot.
+
+    Raises:
+        TableError: the app id has committed to this table, but its `txn` expired.
+    """
+    handle = sink.handle
+    if handle is None:
+        return
+    retention = handle.table.metadata().configuration.get(TXN_RETENTION)
+    if not retention:
+        return
+    slug = _app_slug(sink.app_id)
+    in_log = txn_versions(sink.store, up_to=handle.version()).get(sink.app_id)
+    staged = re.compile(rf"(?:^|/)part-(\d{{20}})-\d{{5}}-{re.escape(slug)}-[0-9a-f]+\.snappy\.parquet$")
+    paths = pa.table(handle.table.get_add_actions(flatten=True)).column("path").to_pylist()
+    positions = [int(m.group(1)) for m in (staged.search(unquote(p)) for p in paths) if m]
+    if in_log is None and not positions:
+        return  # a first run (or one whose every earlier attempt failed before its first commit)
+    evidence = (
+        f"the log still holds txn version {in_log} for it" if in_log is not None
+        else f"the table holds {len(positions)} data file(s) it committed, up to position {max(positions)}"
+    )
+    raise TableError(
+        f"the txn for app id {sink.app_id!r} expired: {sink.uri} sets {TXN_RETENTION}={retention!r}, and {evidence} "
+        f"(ledgers under {LEDGER_DIR}/{slug}/), but no txn a reader keeps. Ingesting from the start would write "
+        f"every record again, so nothing was written. Set {TXN_RETENTION} longer than the longest pause between runs, "
+        "or unset it, then rerun: the txn comes back unless a checkpoint has dropped it since; if it does not, "
+        "ingest into a new table."
+    )
 
 
 def ingest(
@@ -185,6 +230,7 @@ class _Run:
     def resume_point(self) -> FilePosition:
         committed = self.sink.committed_position()
         if committed is None:
+            refuse_if_txn_expired(self.sink)
             return FilePosition(0, 0)
         position = FilePosition.decode(committed)
         try:

@@ -56,7 +56,7 @@ class Sink:
         self._sleep = sleep
         self._policy = commit_policy or CommitPolicy()
         self.store: ObjectStore = store or open_store(self.uri, self._options)
-        self._handle: TableHandle | None = TableHandle.open(self.uri, self._options)
+        self._handle: TableHandle | None = TableHandle.open(self.uri, self._options, writing=True)
         if self._handle is not None:
             self._check_partitioning(self._handle)
 
@@ -81,7 +81,7 @@ class Sink:
     def committed_position(self) -> int | None:
         """The last position committed for this app id (None before the first commit)."""
         if self._handle is None:
-            self._handle = TableHandle.open(self.uri, self._options)
+            self._handle = TableHandle.open(self.uri, self._options, writing=True)
             if self._handle is None:
                 return None
         return self._handle.committed_position(self.app_id)
@@ -89,7 +89,7 @@ class Sink:
     def refresh(self) -> None:
         """Read log entries other writers added since the last call."""
         if self._handle is None:
-            self._handle = TableHandle.open(self.uri, self._options)
+            self._handle = TableHandle.open(self.uri, self._options, writing=True)
         else:
             self._handle.refresh()
 

@@ -2,11 +2,15 @@
 
 Local paths need nothing. `s3://` URIs take their settings from the standard AWS environment
 variables, overridden by explicit options; the same options feed delta-rs (the log) and pyarrow
-(the staged Parquet files and file sources), so both talk to the same endpoint.
+(the staged Parquet files and file sources), so both talk to the same endpoint with the same
+timeouts and retry budget (`RETRY_DEFAULTS`): a store that stops answering fails a run with a
+TransientError after a bounded time, never hangs it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob as globlib
 import os
 import re
@@ -18,7 +22,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from lakesink.errors import ConfigError, StorageUnavailable
+from lakesink.errors import ConfigError, LakesinkError, StorageUnavailable
 
 # Options whose values may be shown; every other value is treated as a secret.
 _PUBLIC_OPTION_KEYS = frozenset(
@@ -33,8 +37,28 @@ _PUBLIC_OPTION_KEYS = frozenset(
         "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
         "TIMEOUT",
         "CONNECT_TIMEOUT",
+        "MAX_RETRIES",
+        "RETRY_TIMEOUT",
+        "BACKOFF_CONFIG.INIT_BACKOFF",
+        "BACKOFF_CONFIG.MAX_BACKOFF",
+        "BACKOFF_CONFIG.BASE",
     }
 )
+
+# Timeouts and retries for every request to an object store, unless the options say otherwise.
+# delta-rs's object_store alone would retry a request up to 10 times for up to 3 minutes, and
+# lakesink's commit loop retries whole operations on top of that; these keep one unanswered
+# request to about a minute and a half (retry_timeout, plus the attempt under way), so a
+# black-holed store ends a run with exit 75 in minutes. Bursts of 5xx (SlowDown, InternalError)
+# and resets are absorbed by the retries, with exponential backoff and jitter in both clients.
+RETRY_DEFAULTS: Mapping[str, str] = {
+    "CONNECT_TIMEOUT": "5s",  # to open a connection (both clients)
+    "TIMEOUT": "30s",  # delta-rs: a whole request; pyarrow: a request that stalls (no byte moves)
+    "MAX_RETRIES": "5",  # retries of a failed request (pyarrow: MAX_RETRIES + 1 attempts)
+    "RETRY_TIMEOUT": "60s",  # delta-rs: no new retry after this long since the first attempt
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|m|min|mins)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "secs": 1.0, "m": 60.0, "min": 60.0, "mins": 60.0}
 _ENV_KEYS = (
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
@@ -90,8 +114,38 @@ class StorageOptions:
         return cls(values=merged)
 
     def for_delta(self) -> dict[str, str]:
-        """The options as delta-rs takes them."""
-        return dict(self.values)
+        """The options as delta-rs takes them, with lakesink's timeout and retry defaults.
+
+        Those keys are passed in lower case: delta-rs reads its retry config (`max_retries`,
+        `retry_timeout`, `backoff_config.*`) in lower case only and ignores any other spelling.
+
+        Raises:
+            ConfigError: a timeout or retry option that is not a duration / count.
+        """
+        delta = dict(self.values)
+        for key, value in self.retry_settings().items():
+            for given in [k for k in delta if k.upper() == key]:
+                del delta[given]
+            delta[key.lower()] = value
+        return delta
+
+    def retry_settings(self) -> dict[str, str]:
+        """`RETRY_DEFAULTS` overridden by the options (keys upper-case), each checked.
+
+        Raises:
+            ConfigError: a timeout that is not a duration ("30s", "500ms", "2m", or seconds) or a
+                retry count that is not a non-negative integer.
+        """
+        given = {k.upper(): v for k, v in self.values.items()}
+        settings = {key: given.get(key, default) for key, default in RETRY_DEFAULTS.items()}
+        settings.update({k: v for k, v in given.items() if k.startswith("BACKOFF_CONFIG.")})
+        for key in ("CONNECT_TIMEOUT", "TIMEOUT", "RETRY_TIMEOUT"):
+            seconds = parse_seconds(settings[key], key=key)
+            settings[key] = f"{round(seconds * 1000)}ms"  # the one form both parsers agree on
+        if not settings["MAX_RETRIES"].strip().isdigit():
+            raise ConfigError(f"storage option MAX_RETRIES={settings['MAX_RETRIES']!r} must be a whole number >= 0")
+        settings["MAX_RETRIES"] = str(int(settings["MAX_RETRIES"]))
+        return settings
 
     def secrets(self) -> list[str]:
         """Every value that must never be printed."""
@@ -104,6 +158,18 @@ class StorageOptions:
         return f"StorageOptions({self.redacted()!r})"
 
     __str__ = __repr__
+
+
+def parse_seconds(value: str, *, key: str) -> float:
+    """Seconds in a duration option: "30s", "500ms", "2m", or a bare number of seconds.
+
+    Raises:
+        ConfigError: anything else, or zero.
+    """
+    match = _DURATION.match(str(value))
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(f"storage option {key}={value!r} must be a positive duration such as 30s, 500ms or 2m")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
 
 
 def redact(text: str, options: StorageOptions | None) -> str:
@@ -220,15 +286,57 @@ def _write_local_atomically(full: str, data: bytes) -> None:
     # A crash mid-write must never leave a torn file under the final name: readers and
     # re-staging both trust that a present file is whole.
     tmp = f"{full}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, full)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, full)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # a full disk keeps no half-written file (the space goes back)
+        raise
 
 
-def _storage_error(op: str, path: str, exc: OSError) -> StorageUnavailable:
-    return StorageUnavailable(f"could not {op} {path}: {exc}. Check the endpoint and credentials, then rerun.")
+# pyarrow's (AWS SDK's) names for answers no retry can change.
+_CREDENTIAL_ERRORS = ("INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "ACCESS_DENIED", "INVALID_TOKEN", "EXPIRED_TOKEN")
+
+
+def _storage_error(op: str, path: str, exc: OSError) -> LakesinkError:
+    """TransientError for what a rerun may get past (timeouts, resets, 5xx, a full disk), else terminal."""
+    text = str(exc)
+    if any(code in text for code in _CREDENTIAL_ERRORS):
+        return ConfigError(f"could not {op} {path}: the store refused the credentials ({text}). Check AWS_* settings.")
+    if "NO_SUCH_BUCKET" in text:
+        return ConfigError(f"could not {op} {path}: the bucket does not exist. Create it, or fix the URI.")
+    if exc.errno == errno.ENOSPC:
+        # Transient by lakesink's rule: nothing was committed and the same command, rerun once
+        # there is space, continues exactly once; no input or setting has to change.
+        return StorageUnavailable(f"could not {op} {path}: no space left on device. Free space on that disk, then rerun.")
+    return StorageUnavailable(f"could not {op} {path}: {exc}. The store is unreachable or failing: check the endpoint, rerun.")
+
+
+def visible_entries(uri: str, options: StorageOptions, *, limit: int) -> list[str]:
+    """Up to `limit` names directly under `uri` that do not start with `_` or `.` (which Delta and
+    Spark readers skip: `_delta_log`, `_lakesink`, ...). Empty for a missing location.
+
+    Raises:
+        StorageUnavailable: the store did not answer.
+    """
+    if not is_remote(uri):
+        try:
+            names = sorted(os.listdir(uri))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [n for n in names if not _is_hidden(n)][:limit]
+    parsed = urlparse(uri)
+    base = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
+    try:
+        infos = s3_filesystem(options).get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True))
+    except OSError as exc:
+        raise _storage_error("list", base, exc) from exc
+    names = sorted(i.path.rsplit("/", 1)[-1] for i in infos)
+    return [n for n in names if not _is_hidden(n)][:limit]
 
 
 def open_store(uri: str, options: StorageOptions) -> ArrowObjectStore:
@@ -240,13 +348,21 @@ def open_store(uri: str, options: StorageOptions) -> ArrowObjectStore:
 
 
 def s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem configured from the same options delta-rs uses."""
+    """A pyarrow S3 filesystem configured from the same options delta-rs uses.
+
+    Its timeouts and retries follow `StorageOptions.retry_settings`: the AWS SDK's standard retry
+    strategy (exponential backoff with jitter) with MAX_RETRIES + 1 attempts, a connect timeout,
+    and TIMEOUT as the request timeout (the SDK's is a stall timeout: a request fails when no byte
+    moves for that long, so large uploads are not cut off).
+    """
     values = {k.upper(): v for k, v in options.values.items()}
     endpoint = values.get("AWS_ENDPOINT_URL") or values.get("AWS_ENDPOINT")
+    retry = options.retry_settings()
     kwargs: dict[str, object] = {
         "region": values.get("AWS_REGION", "us-east-1"),
-        "connect_timeout": 10,
-        "request_timeout": 60,
+        "connect_timeout": parse_seconds(retry["CONNECT_TIMEOUT"], key="CONNECT_TIMEOUT"),
+        "request_timeout": parse_seconds(retry["TIMEOUT"], key="TIMEOUT"),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(retry["MAX_RETRIES"]) + 1),
     }
     if values.get("AWS_ACCESS_KEY_ID"):
         kwargs["access_key"] = values["AWS_ACCESS_KEY_ID"]

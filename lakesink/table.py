@@ -7,8 +7,11 @@ number of commits before it.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable
@@ -16,41 +19,88 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
 
 from lakesink.errors import ConfigError, StorageUnavailable, TableError
-from lakesink.storage import StorageOptions, redact
+from lakesink.storage import StorageOptions, redact, visible_entries
 
 # delta-rs writes a checkpoint every `delta.checkpointInterval` commits in its post-commit hook.
 # Frequent checkpoints keep log replay (refresh, `transaction_version`) short; a checkpoint's own
 # cost grows with the number of live files, so this is a balance (see benchmarks/commit_cost.py).
 DEFAULT_CHECKPOINT_INTERVAL = 20
 
+# The Delta writer protocol lakesink can append to. lakesink commits Parquet files it wrote itself
+# (`add` actions), so a table feature that asks a writer for more than that (compute a generated
+# column, check a constraint, write physical column names, assign row ids, ...) would be silently
+# broken by its commits, even where delta-rs would accept them. Those tables are refused by name.
+MAX_WRITER_VERSION = 7
+# Writer features a plain append honours whatever the table does with them.
+_APPEND_SAFE_WRITER_FEATURES = frozenset({"appendOnly", "changeDataFeed", "timestampNtz", "deletionVectors"})
+# Writer features a plain append honours only while the table does not use them (see _in_use).
+_APPEND_SAFE_UNLESS_USED = frozenset({"invariants", "checkConstraints", "generatedColumns", "columnMapping"})
+# The features writer versions 2..6 imply (before table features, writer version 7).
+_LEGACY_WRITER_FEATURES = {
+    2: ("appendOnly", "invariants"),
+    3: ("checkConstraints",),
+    4: ("changeDataFeed", "generatedColumns"),
+    5: ("columnMapping",),
+    6: ("identityColumns",),
+}
+
 
 class TableHandle:
     """A Delta table kept open between commits, with a per-snapshot cache of `txn` versions."""
 
-    def __init__(self, table: DeltaTable, *, uri: str, options: StorageOptions) -> None:
+    def __init__(self, table: DeltaTable, *, uri: str, options: StorageOptions, writing: bool = False) -> None:
         self.table = table
         self.uri = uri
         self._options = options
         self._txn_cache: dict[str, tuple[int, int | None]] = {}
+        self._writing = writing
+        self._checked: tuple[object, ...] | None = None
+        if writing:
+            self.check_writable()
 
     def __repr__(self) -> str:
         return f"TableHandle({self.uri!r}, version={self.table.version()})"
 
     @classmethod
-    def open(cls, uri: str, options: StorageOptions) -> TableHandle | None:
+    def open(cls, uri: str, options: StorageOptions, *, writing: bool = False) -> TableHandle | None:
         """The table at `uri`, or None when there is none yet.
 
+        With `writing`, the table must be one lakesink can append to (`check_writable`, also after
+        every refresh), and "none yet" means an empty location: a prefix or folder holding other
+        files (a Parquet dataset, say) is refused rather than turned into a Delta table, so nothing
+        is ever written next to data lakesink did not write.
+
         Raises:
-            TableError: something is there but it is not a Delta table lakesink can write.
+            TableError: something is there but it is not a Delta table lakesink can read (or write).
             StorageUnavailable: the store did not answer.
         """
         try:
             table = DeltaTable(uri, storage_options=options.for_delta())
         except TableNotFoundError:
-            return None
+            if not writing:
+                return None
+            return cls._open_after_checking_location(uri, options)
         except Exception as exc:
             raise translate(exc, options, doing=f"open {uri}") from exc
-        return cls(table, uri=uri, options=options)
+        return cls(table, uri=uri, options=options, writing=writing)
+
+    @classmethod
+    def _open_after_checking_location(cls, uri: str, options: StorageOptions) -> TableHandle | None:
+        found = visible_entries(uri, options, limit=3)
+        if not found:
+            return None
+        # A concurrent writer creates version 0 before it stages any file: look again before refusing.
+        try:
+            table = DeltaTable(uri, storage_options=options.for_delta())
+        except TableNotFoundError:
+            raise TableError(
+                f"{uri} is not a Delta table: it has no _delta_log but holds other files ({', '.join(found)}"
+                f"{', ...' if len(found) >= 3 else ''}). lakesink writes only into a Delta table or an empty "
+                "location: fix the table URI, or convert that data to Delta first."
+            ) from None
+        except Exception as exc:
+            raise translate(exc, options, doing=f"open {uri}") from exc
+        return cls(table, uri=uri, options=options, writing=True)
 
     @classmethod
     def create(
@@ -78,11 +128,11 @@ class TableHandle:
             )
         except Exception as exc:
             # A concurrent creator (or our own lost answer) took version 0: use that table.
-            created = cls.open(uri, options)
+            created = cls.open(uri, options, writing=True)
             if created is None:
                 raise translate(exc, options, doing=f"create {uri}") from exc
             return created
-        handle = cls.open(uri, options)
+        handle = cls.open(uri, options, writing=True)
         if handle is None:
             raise TableError(f"created {uri} but cannot read it back; check the store's consistency")
         return handle
@@ -100,6 +150,29 @@ class TableHandle:
             self.table.update_incremental()
         except Exception as exc:
             raise translate(exc, self._options, doing=f"refresh {self.uri}") from exc
+        if self._writing:
+            self.check_writable()  # another writer may have upgraded the protocol
+
+    def check_writable(self) -> None:
+        """Refuse a table whose writer protocol asks for more than appending Parquet files.
+
+        Raises:
+            TableError: naming the writer version or feature(s) lakesink cannot honour.
+        """
+        protocol = self.table.protocol()
+        configuration = dict(self.table.metadata().configuration)
+        key = (protocol.min_writer_version, tuple(protocol.writer_features or ()), tuple(sorted(configuration.items())))
+        if key == self._checked:
+            return
+        problems = writer_protocol_problems(
+            protocol.min_writer_version, protocol.writer_features, configuration, self.table.schema().to_json()
+        )
+        if problems:
+            raise TableError(
+                f"lakesink cannot write to {self.uri}: {'; '.join(problems)}. Nothing was written. Write to this "
+                "table with a Delta writer that supports it, or ingest into a new table."
+            )
+        self._checked = key
 
     def committed_position(self, app_id: str) -> int | None:
         """The `txn` version for `app_id` in the current snapshot (None if it has none)."""
@@ -143,23 +216,126 @@ class TableHandle:
         self.refresh()
 
 
+def writer_protocol_problems(
+    min_writer_version: int, writer_features: Sequence[str] | None, configuration: dict[str, str], schema_json: str
+) -> list[str]:
+    """Why a plain append of Parquet files would not honour this writer protocol (empty: it would)."""
+    if min_writer_version > MAX_WRITER_VERSION:
+        return [f"the table needs writer version {min_writer_version} (lakesink writes up to {MAX_WRITER_VERSION})"]
+    if min_writer_version == MAX_WRITER_VERSION:
+        features = list(writer_features or ())
+    else:
+        features = [f for version, named in _LEGACY_WRITER_FEATURES.items() if version <= min_writer_version for f in named]
+    problems = []
+    unknown = [f for f in features if f not in _APPEND_SAFE_WRITER_FEATURES | _APPEND_SAFE_UNLESS_USED]
+    if unknown:
+        problems.append(f"the table requires writer feature(s) {', '.join(unknown)}, which lakesink does not support")
+    used = [f for f in features if f in _APPEND_SAFE_UNLESS_USED and _in_use(f, configuration, schema_json)]
+    if used:
+        problems.append(f"the table uses {', '.join(used)}, which lakesink's appends would not honour")
+    return problems
+
+
+def _in_use(feature: str, configuration: dict[str, str], schema_json: str) -> bool:
+    if feature == "checkConstraints":
+        return any(k.startswith("delta.constraints.") for k in configuration)
+    if feature == "columnMapping":
+        return configuration.get("delta.columnMapping.mode", "none").lower() != "none"
+    field_key = {"invariants": "delta.invariants", "generatedColumns": "delta.generationExpression"}[feature]
+    return any(field_key in metadata for metadata in _field_metadata(json.loads(schema_json)))
+
+
+def _field_metadata(node: Any) -> Iterator[dict[str, Any]]:
+    """The `metadata` of every field of a Delta schema (JSON), nested fields included."""
+    if isinstance(node, dict):
+        if isinstance(node.get("metadata"), dict):
+            yield node["metadata"]
+        for value in node.values():
+            yield from _field_metadata(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _field_metadata(value)
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def translate(exc: BaseException, options: StorageOptions | None, *, doing: str) -> Exception:
-    """A lakesink error for a delta-rs/pyarrow error, with secrets and terminal colours scrubbed."""
+    """A lakesink error for a delta-rs/pyarrow error, with secrets and terminal colours scrubbed.
+
+    Store errors are summed up in one line (request, status and S3 error code, or the network
+    failure, and the retries spent); the full delta-rs error stays chained as `__cause__`.
+    """
     text = _ANSI.sub("", redact(str(exc), options))
+    lowered = text.lower()
+    detail = describe_store_error(text) or _first_lines(text)
     if isinstance(exc, DeltaProtocolError):
         return TableError(f"cannot {doing}: {text}. The table needs a newer writer than lakesink's delta-rs.")
     if isinstance(exc, (ValueError, TypeError)):
         return ConfigError(f"cannot {doing}: {text}")
-    lowered = text.lower()
     if "nosuchbucket" in lowered:
         return ConfigError(f"cannot {doing}: the bucket does not exist. Create it, or fix the table URI.")
-    if any(code in lowered for code in ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden")):
-        return ConfigError(f"cannot {doing}: the store refused the credentials ({text[:300]}). Check AWS_* settings.")
+    if any(code in lowered for code in _CREDENTIAL_ERRORS):
+        return ConfigError(f"cannot {doing}: the store refused the credentials ({detail}). Check AWS_* settings.")
     if "not a delta table" in lowered or "no files in log segment" in lowered:
-        return TableError(f"cannot {doing}: {text}. Point lakesink at a Delta table or an empty location.")
+        return TableError(f"cannot {doing}: {detail}. Point lakesink at a Delta table or an empty location.")
+    if _UNREADABLE_LOG.search(text):
+        return TableError(
+            f"cannot {doing}: the Delta log is not one lakesink can read ({detail}). Point lakesink at a Delta "
+            "table it supports, or an empty location."
+        )
     if isinstance(exc, (OSError, DeltaError)) or "generic" in lowered:
-        return StorageUnavailable(f"cannot {doing}: {text}. Check the endpoint and credentials, then rerun.")
+        return StorageUnavailable(f"cannot {doing}: {detail}. The store is unreachable or failing: check the endpoint, rerun.")
     return TableError(f"cannot {doing}: {text}")
+
+
+_CREDENTIAL_ERRORS = ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden", "invalidtoken")
+# delta-kernel's errors about the log's content (never about the store answering): "Kernel error:
+# Json error: ...", "... No table metadata or protocol found ...", "Unsupported: Feature 'x' ...".
+_UNREADABLE_LOG = re.compile(
+    r"Kernel error: (Unsupported|Json error|No table metadata or protocol)", re.I
+)
+_REQUEST = re.compile(
+    r"Error performing (?P<method>[A-Z]+) (?P<url>\S+) in (?P<elapsed>[^,\s]+)(?:, after (?P<retries>\d+) retries)?"
+)
+_STATUS = re.compile(r"^\s*(?:↳\s*)?(?P<status>[1-5]\d\d) (?P<reason>[A-Za-z][A-Za-z ]*)$", re.M)
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_S3_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
+
+
+def describe_store_error(text: str) -> str | None:
+    """One line for an object_store error chain: what was asked, what came back, how often.
+
+    "GET /bkt/t/_delta_log/_last_checkpoint: 503 SlowDown (Please reduce your request rate.),
+    after 5 retries in 2.1s", or "...: Connection reset by peer (os error 104), ...". None when
+    `text` is not such a chain.
+    """
+    request = _REQUEST.search(text)
+    if request is None:
+        return None
+    url = urlparse(request["url"])
+    target = url.path
+    prefix = parse_qs(url.query).get("prefix")
+    if prefix:
+        target = f"{url.path} (list {prefix[0]})"
+    status = _STATUS.search(text)
+    code, message = _S3_CODE.search(text), _S3_MESSAGE.search(text)
+    if status is not None:
+        answer = f"{status['status']} {code[1] if code else status['reason'].strip()}" + (f" ({message[1]})" if message else "")
+    else:
+        causes = [line.strip(" ↳\t") for line in text.splitlines() if "↳" in line]
+        answer = causes[-1] if causes else "no answer"
+    retries = f"after {request['retries']} retries " if request["retries"] else ""
+    return f"{request['method']} {target}: {answer}, {retries}in {request['elapsed']}"
+
+
+def _first_lines(text: str, limit: int = 300) -> str:
+    """The message without delta-rs's backtrace ("   0: <unknown>", ...), cut to `limit` characters."""
+    lines = []
+    for line in text.splitlines():
+        if re.match(r"^\s*\d+: ", line):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    joined = " ".join(lines)
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."

@@ -1,10 +1,20 @@
-"""A small HTTP proxy on 127.0.0.1 in front of the moto S3 server that can lose answers.
+"""A small HTTP proxy on 127.0.0.1 in front of the moto S3 server that injects S3 faults.
 
 Every request is forwarded to the server and its answer relayed back, byte for byte, over
-HTTP/1.1 keep-alive connections. Armed with `drop_response_after_apply(pattern)`, the next
-request whose method and path match reaches the server and is applied there, and then the
-client's connection is reset (RST) instead of answered: the writer cannot tell whether its
-commit landed, which is exactly the "lost commit answer" case.
+HTTP/1.1 keep-alive connections. Faults are armed from the test process, each for a method (or
+any), a regex searched in the request target (path and query) and a count, after letting `after`
+matching requests through:
+
+* `drop_response_after_apply`: the request reaches the server and is applied there, then the
+  client is cut off unanswered (RST or FIN): the writer cannot tell whether its commit landed,
+  which is exactly the "lost commit answer" case.
+* `refuse`: the connection is reset (RST) before the request is forwarded; nothing is applied.
+* `black_hole`: the request is read and never answered, nor forwarded: the connection stays open
+  until the client gives up (its timeout) or the proxy stops.
+* `fail_with` (and `slow_down` / `internal_error`): an S3 error answer (503 SlowDown, 500
+  InternalError, 403 InvalidAccessKeyId, ...) instead of forwarding; nothing is applied.
+* `add_latency`: the request is held for some seconds, then handled as usual (this one stacks
+  with the others).
 
 Every request is recorded (`events`), so a test can show what the client did next (retry the
 PUT, get 412, read the log, ...).
@@ -14,12 +24,14 @@ from __future__ import annotations
 
 import http.client
 import re
+import select
 import socket
 import socketserver
 import struct
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 DELTA_LOG_ENTRY = r"/_delta_log/\d{20}\.json(?:\?|$)"
@@ -34,8 +46,10 @@ class ProxyEvent:
     method: str
     path: str
     status: int | None  # the server's answer (None: never reached it)
-    action: str  # "relayed" or "dropped"
+    action: str  # "relayed", "dropped (reset|close)", "refused", "black-holed", "answered 503 SlowDown", ...
     headers: tuple[tuple[str, str], ...] = ()
+    delay: float = 0.0  # seconds of injected latency before it was handled
+    at: float = 0.0  # time.monotonic() when the request was read
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -50,8 +64,13 @@ class _Fault:
     pattern: re.Pattern[str]
     remaining: int
     after: int  # matching requests to let through before the fault starts
-    how: str  # "reset" / "close": apply, then cut the client off; "refuse": cut it off unapplied
+    # "reset" / "close": apply, then cut the client off; "refuse": cut it off unapplied; "blackhole":
+    # never answer; "status": answer with an S3 error unapplied; "latency": wait, then go on as usual
+    how: str
     then: Callable[[], None] | None = None  # called when the fault fires, before the client is cut off
+    status: int = 0  # "status": the HTTP status and S3 error code to answer with
+    code: str = ""
+    seconds: float = 0.0  # "latency": how long to hold the request
 
 
 class FaultProxy:
@@ -64,6 +83,7 @@ class FaultProxy:
         self.upstream_port = parsed.port
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
+        self._stopping = threading.Event()
         self.events: list[ProxyEvent] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -72,15 +92,17 @@ class FaultProxy:
     def endpoint(self) -> str:
         assert self._server is not None, "start() the proxy first"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> FaultProxy:
+        self._stopping.clear()
         self._server = _Server(("127.0.0.1", 0), _Handler, self)
         self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # releases black-holed connections
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -120,6 +142,38 @@ class FaultProxy:
         with self._lock:
             self._faults.append(_Fault(method.upper() if method else None, re.compile(pattern), times, after, "refuse"))
 
+    def black_hole(self, pattern: str, *, method: str | None = None, times: int = 1, after: int = 0) -> None:
+        """Read the next `times` matching requests and never answer or forward them: the client waits
+        on an open connection until its own timeout fires (or the proxy stops)."""
+        with self._lock:
+            self._faults.append(_Fault(method.upper() if method else None, re.compile(pattern), times, after, "blackhole"))
+
+    def fail_with(
+        self, status: int, code: str, pattern: str, *, method: str | None = None, times: int = 1, after: int = 0
+    ) -> None:
+        """Answer the next `times` matching requests with an S3 error document (`status`, `<Code>code`)
+        without forwarding them: nothing is applied."""
+        with self._lock:
+            self._faults.append(
+                _Fault(method.upper() if method else None, re.compile(pattern), times, after, "status", status=status, code=code)
+            )
+
+    def slow_down(self, pattern: str, *, method: str | None = None, times: int = 1, after: int = 0) -> None:
+        """`503 SlowDown` (S3's throttling answer) for the next `times` matching requests."""
+        self.fail_with(503, "SlowDown", pattern, method=method, times=times, after=after)
+
+    def internal_error(self, pattern: str, *, method: str | None = None, times: int = 1, after: int = 0) -> None:
+        """`500 InternalError` for the next `times` matching requests."""
+        self.fail_with(500, "InternalError", pattern, method=method, times=times, after=after)
+
+    def add_latency(self, seconds: float, pattern: str = ".", *, method: str | None = None, times: int = 1_000_000) -> None:
+        """Hold each of the next `times` matching requests for `seconds` before handling it (forwarding it,
+        or applying another armed fault)."""
+        with self._lock:
+            self._faults.append(
+                _Fault(method.upper() if method else None, re.compile(pattern), times, 0, "latency", seconds=seconds)
+            )
+
     def armed(self) -> bool:
         with self._lock:
             return any(f.remaining > 0 for f in self._faults)
@@ -134,9 +188,21 @@ class FaultProxy:
         rx = re.compile(pattern)
         return [e for e in events if rx.search(e.path) and (method is None or e.method == method)]
 
+    def _take_delay(self, method: str, target: str) -> float:
+        delay = 0.0
+        with self._lock:
+            for fault in self._faults:
+                matches = fault.remaining > 0 and fault.method in (None, method) and fault.pattern.search(target)
+                if fault.how == "latency" and matches:
+                    fault.remaining -= 1
+                    delay += fault.seconds
+        return delay
+
     def _take_fault(self, method: str, target: str) -> _Fault | None:
         with self._lock:
             for fault in self._faults:
+                if fault.how == "latency":
+                    continue
                 if fault.remaining > 0 and fault.method in (None, method) and fault.pattern.search(target):
                     if fault.after > 0:
                         fault.after -= 1
@@ -170,31 +236,46 @@ class _Handler(socketserver.StreamRequestHandler):
                 if not request_line or not request_line.strip():
                     return
                 method, target, _version = request_line.decode("latin-1").split()
+                read_at = time.monotonic()
                 headers = self._read_headers()
                 if any(k.lower() == "expect" and v.lower() == "100-continue" for k, v in headers):
                     self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     headers = [(k, v) for k, v in headers if k.lower() != "expect"]
                 body = self._read_body(headers)
-                fault = self.server.proxy._take_fault(method, target)
+                proxy = self.server.proxy
+                delay = proxy._take_delay(method, target)
+                if delay and proxy._stopping.wait(delay):
+                    return
+                fault = proxy._take_fault(method, target)
                 drop = fault.how if fault is not None else None
+                seen = ProxyEvent(method, target, None, "", tuple(headers), delay, read_at)
+
                 if drop == "refuse":
-                    self.server.proxy._record(ProxyEvent(method, target, None, "refused", tuple(headers)))
+                    proxy._record(replace(seen, status=None, action="refused"))
                     _reset(self.connection)
                     return
+                if drop == "blackhole":
+                    proxy._record(replace(seen, status=None, action="black-holed"))
+                    self._hold_until_client_leaves()
+                    return
+                if fault is not None and drop == "status":
+                    proxy._record(replace(seen, status=None, action=f"answered {fault.status} {fault.code}"))
+                    reason = _REASONS.get(fault.status, "Error")
+                    self._relay(method, fault.status, reason, _error_headers(), _error_body(fault.code, target))
+                    continue
                 if upstream is None:
-                    proxy = self.server.proxy
                     upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
                 try:
                     status, reason, answer_headers, answer = _forward(upstream, method, target, headers, body)
                 except (OSError, http.client.HTTPException):
                     upstream.close()
                     upstream = None
-                    self.server.proxy._record(ProxyEvent(method, target, None, "upstream-failed", tuple(headers)))
+                    proxy._record(replace(seen, status=None, action="upstream-failed"))
                     _reset(self.connection)
                     return
                 if drop is not None:
                     # The server applied the request; the client never hears about it.
-                    self.server.proxy._record(ProxyEvent(method, target, status, f"dropped ({drop})", tuple(headers)))
+                    proxy._record(replace(seen, status=status, action=f"dropped ({drop})"))
                     if fault is not None and fault.then is not None:
                         fault.then()
                     if drop == "reset":
@@ -202,7 +283,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     else:
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                self.server.proxy._record(ProxyEvent(method, target, status, "relayed", tuple(headers)))
+                proxy._record(replace(seen, status=status, action="relayed"))
                 self._relay(method, status, reason, answer_headers, answer)
                 if any(k.lower() == "connection" and v.lower() == "close" for k, v in headers):
                     return
@@ -212,8 +293,19 @@ class _Handler(socketserver.StreamRequestHandler):
             if upstream is not None:
                 upstream.close()
 
+    def _hold_until_client_leaves(self) -> None:
+        """Answer nothing; return when the client closes its end or the proxy stops."""
+        while not self.server.proxy._stopping.is_set():
+            readable, _, _ = select.select([self.connection], [], [], 0.1)
+            if readable:
+                try:
+                    if not self.connection.recv(65536):
+                        return  # the client gave up (its timeout fired)
+                except OSError:
+                    return
+
     def _read_headers(self) -> list[tuple[str, str]]:
-        headers = []
+        headers: list[tuple[str, str]] = []
         while True:
             line = self.rfile.readline(65537).decode("latin-1")
             if line in ("\r\n", "\n", ""):
@@ -224,7 +316,7 @@ class _Handler(socketserver.StreamRequestHandler):
     def _read_body(self, headers: list[tuple[str, str]]) -> bytes:
         lowered = {k.lower(): v for k, v in headers}
         if "chunked" in lowered.get("transfer-encoding", "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                 if size == 0:
@@ -271,6 +363,29 @@ def _forward(
     response = upstream.getresponse()
     answer = response.read()
     return response.status, response.reason, list(response.getheaders()), answer
+
+
+_REASONS = {403: "Forbidden", 404: "Not Found", 500: "Internal Server Error", 503: "Slow Down"}
+_MESSAGES = {
+    "SlowDown": "Please reduce your request rate.",
+    "InternalError": "We encountered an internal error. Please try again.",
+    "InvalidAccessKeyId": "The AWS Access Key Id you provided does not exist in our records.",
+}
+
+
+def _error_headers() -> list[tuple[str, str]]:
+    return [("Content-Type", "application/xml"), ("x-amz-request-id", "FAULTPROXY0000001")]
+
+
+def _error_body(code: str, target: str) -> bytes:
+    """An S3 error document, as AWS sends it (the SDKs and object_store read `<Code>`)."""
+    resource = target.split("?", 1)[0]
+    message = _MESSAGES.get(code, code)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message><Resource>{resource}</Resource>"
+        "<RequestId>FAULTPROXY0000001</RequestId></Error>"
+    ).encode()
 
 
 def _reset(conn: socket.socket) -> None:
