@@ -60,14 +60,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_moto_server(*, attempts: int = 5) -> MotoServer:
-    """Start `moto_server` on a free 127.0.0.1 port and wait until it answers."""
+def start_moto_server(*, attempts: int = 5, environment: dict[str, str] | None = None) -> MotoServer:
+    """Start `moto_server` on a free 127.0.0.1 port and wait until it answers.
+
+    `environment` adds to the server's environment (e.g. INITIAL_NO_AUTH_ACTION_COUNT to make it
+    check credentials).
+    """
     for _ in range(attempts):
         port = free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, **(environment or {})},
         )
         endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
