@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
@@ -342,3 +343,86 @@ def test_concurrent_copies_with_different_batch_sizes_quarantine_each_bad_record
         assert copy.returncode == 0 or (copy.returncode == 1 and "ConcurrentWriterError" in err), err
     assert run_cli(*ingest_command(source.directory, table, dlq, 20)[3:]).returncode == 0
     assert_every_record_once(source, table, dlq)
+
+
+# --- the fallback counts records as the fast path does ------------------------------------------
+
+
+def write_tricky_sources(directory: Path) -> tuple[list[int], set[tuple[str, int]]]:
+    """A CSV file (CRLF, quoted line ends, empty lines) and an NDJSON file (CRLF, blank and
+    whitespace lines), each with bad records late in the file; returns the good ids and the bad
+    (file, line) pairs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    good: list[int] = []
+    bad: set[tuple[str, int]] = set()
+    csv_lines = ["id,name"]
+    for k in range(300):
+        if k % 40 == 7:
+            csv_lines.append("")  # an empty line: not a record
+        if k in (151, 152, 280):
+            bad.add(("a.csv", len(csv_lines) + 1))
+            csv_lines.append(f"x{k},bad" if k != 152 else f"{k},too,many")
+            continue
+        good.append(k)
+        if k % 5 == 0:
+            csv_lines.extend([f'{k},"two', f'lines, {k}"'])  # one record over two lines
+        else:
+            csv_lines.append(f"{k},v{k}")
+    (directory / "a.csv").write_bytes(("\r\n".join(csv_lines) + "\r\n").encode())
+    nd_lines: list[str] = []
+    for k in range(300, 600):
+        if k % 30 == 0:
+            nd_lines.append(" \t")  # blank: not a record
+        if k in (450, 451, 590):
+            bad.add(("b.ndjson", len(nd_lines) + 1))
+            nd_lines.append(f'{{"id": {k}, ' if k != 451 else f'{{"id": {k}}}{{"id": {k}}}')
+            continue
+        good.append(k)
+        nd_lines.append(json.dumps({"id": k, "name": f"v{k}"}))
+    (directory / "b.ndjson").write_bytes(("\r\n".join(nd_lines) + "\r\n").encode())
+    return good, bad
+
+
+def test_killed_mid_file_before_and_after_a_bad_block_reruns_resume_on_the_same_records(tmp_path: Path) -> None:
+    """Small blocks make the fast reader commit part of each file before it meets a bad block; the
+    kills land before, inside and after the part the fallback reads. Positions must mean the same
+    records whichever reader reached them, or a rerun would skip or repeat records."""
+    good, bad = write_tricky_sources(tmp_path / "src")
+    source = MixedSource(directory=tmp_path / "src", files=2, good_ids=good, bad={k: ("", 0) for k in bad})
+    table, dlq = str(tmp_path / "lake"), str(tmp_path / "bad")
+    limit = ["--max-record-bytes", "128"]
+    kills = 0
+    for batch_rows, crash_at in [(7, "after_commit:9"), (11, "after_commit:12"), (5, "after_commit:31"), (13, "after_commit:21")]:
+        command = ingest_command(source.directory, table, dlq, batch_rows, *limit)
+        done = subprocess.run(command, env={"LAKESINK_CRASH_AT": crash_at}, capture_output=True, text=True, timeout=240)
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        kills += 1
+    final = run_cli(*ingest_command(source.directory, table, dlq, 9, *limit)[3:])
+    assert final.returncode == 0, final.stderr
+    print(f"{kills} kills; {len(good)} good + {len(bad)} quarantined")
+    assert_every_record_once(source, table, dlq)
+    names = {row["id"]: row["name"] for row in DeltaTable(table).to_pyarrow_table().to_pylist()}
+    assert names[5] == "two\r\nlines, 5" and names[301] == "v301"
+
+
+def test_values_only_pyarrow_refuses_are_found_among_many_good_records(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "0.ndjson").write_text('{"id": -1, "n": "seed"}\n')  # the table's id is int64 from here on
+    lines = [json.dumps({"id": k, "n": "x"}) for k in range(20_000)]
+    lines[7_000] = json.dumps({"id": 2**63, "n": "x"})  # an int to Python, too big for int64: only pyarrow knows
+    lines[13_000] = json.dumps({"id": "thirteen", "n": "x"})
+    (src / "a.ndjson").write_text("\n".join(lines) + "\n")
+    (src / "b.csv").write_text("id,n\n0x1F,hex\n+1,plus\n 2 ,spaces\nNA,null\nthree,word\n")
+    table, dlq = str(tmp_path / "lake"), str(tmp_path / "bad")
+    report = lakesink.ingest(str(src), table, app_id=APP_ID, bad_records=dlq)
+    refused = [(Path(str(r["source_file"])).name, r["line"], r["reason"]) for r in dead_letters(dlq)]
+    assert refused == [
+        ("a.ndjson", 7_001, f"field 'id' = {2**63} is not int64 as the table requires"),
+        ("a.ndjson", 13_001, "field 'id' = 'thirteen' is not int64 as the table requires"),
+        ("b.csv", 3, "column 'id' = '+1' is not int64 as the table requires"),
+        ("b.csv", 6, "column 'id' = 'three' is not int64 as the table requires"),
+    ]
+    assert (report.rows_written, report.rows_quarantined) == (1 + 19_998 + 3, 4)
+    csv_ids = DeltaTable(table).to_pyarrow_table().filter(~pc.field("n").isin(["x", "seed"])).sort_by("n").to_pylist()
+    assert [(r["n"], r["id"]) for r in csv_ids] == [("hex", 31), ("null", None), ("spaces", 2)]

@@ -25,6 +25,8 @@ from lakesink.errors import BadRecord
 from lakesink.sources.records import Chunk, Rejected, SchemaNow, SourceFile, find_refused, no_columns
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+# Quoted values may hold line ends: without this, pyarrow cuts blocks inside them and fails.
+_PARSE_OPTIONS = pacsv.ParseOptions(newlines_in_values=True)
 _GROUP_RECORDS = 10_000
 # Every integer pyarrow's CSV reader takes matches (it also takes hex, and trims spaces); a
 # value that does not cannot be an integer to it.
@@ -71,6 +73,7 @@ class CsvReader:
                 reader = pacsv.open_csv(
                     stream,
                     read_options=pacsv.ReadOptions(block_size=self.max_record_bytes),
+                    parse_options=_PARSE_OPTIONS,
                     convert_options=_convert_options(schema),
                 )
                 for batch in reader:
@@ -263,6 +266,7 @@ def _read_rows(header: _Row, rows: list[_Row], schema: pa.Schema | None) -> pa.T
     return pacsv.read_csv(
         pa.py_buffer(data),
         read_options=pacsv.ReadOptions(use_threads=False, block_size=len(data) + 1),
+        parse_options=_PARSE_OPTIONS,
         convert_options=_convert_options(schema),
     )
 
