@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -276,9 +277,16 @@ def lakesink_report(reps: list[dict[str, Any]], n: int, checkpoint_interval: int
         for rep in reps
     ]
     out["phases_median_s"] = phase_summary(reps, early, late)
-    out["per_commit_s"] = [rep["times"] for rep in reps]
-    out["per_commit_phases_s"] = [rep["per_write"] for rep in reps]
+    out["per_commit_s"] = [_rounded(rep["times"]) for rep in reps]
+    names = sorted({k for rep in reps for p in rep["per_write"] for k in p})
+    out["per_commit_phases_s"] = [
+        {name: _rounded([p.get(name, 0.0) for p in rep["per_write"]]) for name in names} for rep in reps
+    ]
     return out
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 6) for v in values]
 
 
 def run_baseline(uri: str, options: dict[str, str], n: int, label: str) -> dict[str, Any]:
@@ -296,7 +304,7 @@ def run_baseline(uri: str, options: dict[str, str], n: int, label: str) -> dict[
     out = summarize([times], early, late)
     table = DeltaTable(uri, storage_options=options)
     out["checkpoint_interval"] = int(table.metadata().configuration.get("delta.checkpointInterval", "100"))
-    out["per_commit_s"] = times
+    out["per_commit_s"] = _rounded(times)
     return out
 
 
@@ -385,6 +393,12 @@ def print_table(runs: dict[str, dict[str, Any]]) -> None:
                 f"(first {ck['first_s'] * 1000:.1f}, last {ck['last_s'] * 1000:.1f}); "
                 f"without: median {phases['commit_without_checkpoint_median_s'] * 1000:.1f} ms"
             )
+
+
+def compact_json(value: Any) -> str:
+    """Indented JSON with every list of numbers on one line (the per-commit series)."""
+    text = json.dumps(value, indent=1)
+    return re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]", lambda m: "[" + ",".join(m[1].split()).replace(",,", ",") + "]", text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=1) + "\n")
+    tmp_out.write_text(compact_json(result) + "\n")
     tmp_out.replace(args.out)
     print(f"results: {args.out}")
     return 0
