@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 
+from lakesink.errors import ConfigError, SchemaMismatch
 from lakesink.sink import Sink
 from lakesink.sources.files import FilePosition, Rejected
 
@@ -63,6 +64,10 @@ class Quarantine:
         """Commit, at `position`, the records of `rejected` the table does not hold yet; return how many.
 
         `rejected` are the bad records of a batch that ends at `position`.
+
+        Raises:
+            ConfigError: the table at the path is not a dead-letter table.
+            ConcurrentWriterError, CommitOutcomeUnknown, StorageUnavailable: see lakesink.errors.
         """
         while True:
             committed = self._sink.committed_position()
@@ -71,9 +76,15 @@ class Quarantine:
             todo = [r for r in rejected if committed is None or _record_position(r) >= committed]
             if not todo:
                 return 0
-            result = self._sink.write(
-                dead_letter_rows(todo, app_id=self.app_id, position=position), position=position, previous=committed
-            )
+            try:
+                result = self._sink.write(
+                    dead_letter_rows(todo, app_id=self.app_id, position=position), position=position, previous=committed
+                )
+            except SchemaMismatch as exc:
+                raise ConfigError(
+                    f"{self.uri} is not a dead-letter table ({exc}): pass --bad-records a new path, or one an "
+                    "earlier run with --bad-records created"
+                ) from exc
             if result.status == "stale":
                 continue  # a concurrent copy of the job quarantined part of them: look again
             return result.rows if result.committed else 0

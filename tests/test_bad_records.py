@@ -426,3 +426,12 @@ def test_values_only_pyarrow_refuses_are_found_among_many_good_records(tmp_path:
     assert (report.rows_written, report.rows_quarantined) == (1 + 19_998 + 3, 4)
     csv_ids = DeltaTable(table).to_pyarrow_table().filter(~pc.field("n").isin(["x", "seed"])).sort_by("n").to_pylist()
     assert [(r["n"], r["id"]) for r in csv_ids] == [("hex", 31), ("null", None), ("spaces", 2)]
+
+
+def test_a_bad_records_path_holding_another_table_is_a_config_error(source: MixedSource, tmp_path: Path) -> None:
+    other = str(tmp_path / "other")
+    with lakesink.Sink(other, app_id="someone") as sink:
+        sink.write([{"x": 1}], position=1)
+    with pytest.raises(lakesink.ConfigError, match="is not a dead-letter table"):
+        lakesink.ingest(str(source.directory), str(tmp_path / "lake"), app_id=APP_ID, bad_records=other)
+    assert not table_exists(str(tmp_path / "lake"), None)
