@@ -47,10 +47,11 @@ _PUBLIC_OPTION_KEYS = frozenset(
 
 # Timeouts and retries for every request to an object store, unless the options say otherwise.
 # delta-rs's object_store alone would retry a request up to 10 times for up to 3 minutes, and
-# lakesink's commit loop retries whole operations on top of that; these keep one unanswered
-# request to about a minute and a half (retry_timeout, plus the attempt under way), so a
-# black-holed store ends a run with exit 75 in minutes. Bursts of 5xx (SlowDown, InternalError)
-# and resets are absorbed by the retries, with exponential backoff and jitter in both clients.
+# lakesink's commit loop retries whole operations on top of that. These keep one unanswered
+# delta-rs request to about a minute and a half (retry_timeout, plus the attempt under way) and a
+# pyarrow one to MAX_RETRIES + 1 stalls of TIMEOUT, so a black-holed store ends a run with exit 75
+# in minutes (worst case, a commit whose outcome must be read back: ~10). Bursts of 5xx (SlowDown,
+# InternalError) and resets are absorbed by the retries, with exponential backoff and jitter.
 RETRY_DEFAULTS: Mapping[str, str] = {
     "CONNECT_TIMEOUT": "5s",  # to open a connection (both clients)
     "TIMEOUT": "30s",  # delta-rs: a whole request; pyarrow: a request that stalls (no byte moves)

@@ -175,8 +175,9 @@ class FaultProxy:
             )
 
     def armed(self) -> bool:
+        """True while a fault (latency aside) has yet to fire."""
         with self._lock:
-            return any(f.remaining > 0 for f in self._faults)
+            return any(f.remaining > 0 for f in self._faults if f.how != "latency")
 
     def disarm(self) -> None:
         with self._lock:
