@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -105,10 +106,25 @@ def commit_staged(
     """
     rows = sum(f.num_records for f in staged)
     last_error: BaseException | None = None
+    # Tags every attempt's commitInfo, so after a lost answer the log tells whether the commit
+    # holding our position is ours (report it committed) or a concurrent copy's (skipped).
+    write_id = uuid.uuid4().hex
+    first_read_version = handle.version()
     for attempt in range(policy.max_attempts):
         committed = handle.committed_position(app_id)
         if committed is not None and committed >= position:
-            reason = "already committed" if attempt == 0 else "committed by a concurrent writer or an earlier attempt"
+            if attempt > 0 and _landed_ours(handle, write_id, since=first_read_version):
+                return WriteResult(
+                    status="committed",
+                    app_id=app_id,
+                    position=position,
+                    committed_position=committed,
+                    table_version=handle.version(),
+                    rows=rows,
+                    files=len(staged),
+                    reason="the answer was lost; the log shows this write's commit landed",
+                )
+            reason = "already committed" if attempt == 0 else "committed by a concurrent writer"
             return _skipped(handle, app_id, position, committed, reason)
         if not isinstance(previous, AnyPrevious) and committed != previous:
             return stale_result(handle, app_id, position, committed, previous)
@@ -123,7 +139,7 @@ def commit_staged(
                 schema,
                 partition_by=list(partition_by) or None,
                 commit_properties=CommitProperties(
-                    custom_metadata=_commit_info(app_id, position),
+                    custom_metadata=_commit_info(app_id, position, write_id),
                     app_transactions=[Transaction(app_id, position, now_ms)],
                 ),
                 post_commithook_properties=hooks,
@@ -259,6 +275,20 @@ def _add_action(staged: StagedFile, now_ms: int) -> AddAction:
     return AddAction(staged.path, staged.size, dict(staged.partition_values), now_ms, True, staged.stats)
 
 
-def _commit_info(app_id: str, position: int) -> dict[str, object]:
+def _landed_ours(handle: TableHandle, write_id: str, *, since: int) -> bool:
+    """Whether a commit after version `since` carries this write's id (reads only those commits)."""
+    try:
+        infos = handle.commit_infos(range(since + 1, handle.version() + 1))
+    except LakesinkError:
+        return False  # only the report's wording depends on it; the table is exact either way
+    return any(info.get("lakesink.writeId") == write_id for info in infos)
+
+
+def _commit_info(app_id: str, position: int, write_id: str) -> dict[str, object]:
     # Only this whitelist reaches commitInfo: never options, paths with credentials or user data.
-    return {"lakesink.version": __version__, "lakesink.appId": app_id, "lakesink.position": position}
+    return {
+        "lakesink.version": __version__,
+        "lakesink.appId": app_id,
+        "lakesink.position": position,
+        "lakesink.writeId": write_id,
+    }

@@ -19,7 +19,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
 
 from lakesink.errors import ConfigError, StorageUnavailable, TableError
-from lakesink.storage import StorageOptions, redact, visible_entries
+from lakesink.storage import StorageOptions, open_store, redact, visible_entries
 
 # delta-rs writes a checkpoint every `delta.checkpointInterval` commits in its post-commit hook.
 # Frequent checkpoints keep log replay (refresh, `transaction_version`) short; a checkpoint's own
@@ -195,6 +195,24 @@ class TableHandle:
         """
         if self.table.version() == read_version + 1:
             self._txn_cache[app_id] = (read_version + 1, position)
+
+    def commit_infos(self, versions: range) -> list[dict[str, Any]]:
+        """The commitInfo of each given version, read by name (GETs only; no LIST of the log).
+
+        Raises:
+            StorageUnavailable: the store did not answer.
+        """
+        store = open_store(self.uri, self._options)
+        infos = []
+        for version in versions:
+            try:
+                body = store.read_bytes(f"_delta_log/{version:020d}.json")
+            except FileNotFoundError:
+                continue  # expired by log clean-up: nothing to tell
+            for line in body.splitlines():
+                if line.startswith(b'{"commitInfo"'):
+                    infos.append(json.loads(line)["commitInfo"])
+        return infos
 
     def arrow_schema(self) -> pa.Schema:
         return pa.schema(self.table.schema().to_arrow())

@@ -211,7 +211,9 @@ def test_secrets_never_reach_repr_errors_or_the_delta_log(table_uri: str, storag
     log = log_lines(table_uri, storage_options)
     assert canary not in json.dumps(log)
     info = next(line["commitInfo"] for line in log if "commitInfo" in line and "lakesink.appId" in line["commitInfo"])
-    assert {k for k in info if k.startswith("lakesink.")} == {"lakesink.version", "lakesink.appId", "lakesink.position"}
+    assert {k for k in info if k.startswith("lakesink.")} == {
+        "lakesink.version", "lakesink.appId", "lakesink.position", "lakesink.writeId"
+    }  # fmt: skip
 
 
 def test_a_batch_cut_from_an_older_position_is_stale_and_writes_nothing(table_uri: str, storage_options: dict[str, str]) -> None:
