@@ -8,6 +8,8 @@ lost or duplicated by rerunning).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import sys
 from datetime import timedelta
@@ -47,9 +49,54 @@ def _fail(exc: LakesinkError, as_json: bool) -> NoReturn:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# delta-rs reads RUST_LOG once, when it is imported (before any option is parsed); this is what
+# -vv sets, unless RUST_LOG is set already. Its S3 client prints credentials as "******".
+_DELTA_RS_DEBUG = "deltalake_core=debug,deltalake_aws=debug,object_store=debug"
+
+
+def _verbosity(args: list[str]) -> int:
+    """How many -v the group options (those before the command name) give."""
+    count = 0
+    for arg in args:
+        if arg == "--verbose":
+            count += 1
+        elif re.fullmatch(r"-v+", arg):
+            count += len(arg) - 1
+        elif not arg.startswith("-"):
+            break
+    return count
+
+
+class _Main(click.Group):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # Only when run as a program (args from sys.argv), never inside a test's CliRunner: re-run
+        # this process with RUST_LOG set, since delta-rs has read it already.
+        given = kwargs.get("args", args[0] if args else None)
+        if given is None and "RUST_LOG" not in os.environ and _verbosity(sys.argv[1:]) >= 2:
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "RUST_LOG": _DELTA_RS_DEBUG})
+        return super().main(*args, **kwargs)
+
+
+def _configure_logging(verbose: int) -> None:
+    if verbose <= 0:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("lakesink")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lakesink")
-def main() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log to stderr: -v what each run decides (table, resume point, retries), -vv each batch too, and "
+    "delta-rs's own debug log (RUST_LOG, unless set). Secrets are never logged.",
+)
+def main(verbose: int) -> None:
     """Move records into a Delta Lake table exactly once.
 
     \b
@@ -60,6 +107,7 @@ def main() -> None:
     \b
     Exit codes: 0 ok, 1 fix and rerun, 2 usage, 75 transient (rerun as is).
     """
+    _configure_logging(verbose)
 
 
 @main.command("ingest")

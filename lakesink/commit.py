@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,6 +36,8 @@ from lakesink.errors import (
 )
 from lakesink.stage import StagedFile
 from lakesink.table import TableHandle, translate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,7 @@ def commit_staged(
         committed = handle.committed_position(app_id)
         if committed is not None and committed >= position:
             if attempt > 0 and _landed_ours(handle, write_id, since=first_read_version):
+                log.info("position %d of %r: the answer was lost, and the log shows this write's commit landed", position, app_id)
                 return WriteResult(
                     status="committed",
                     app_id=app_id,
@@ -146,12 +150,17 @@ def commit_staged(
             )
         except CommitFailedError as exc:
             # Another writer with this app id committed since our snapshot: re-check, never re-send.
+            log.info("position %d of %r: another writer committed since version %d; re-checking", position, app_id, read_version)
             last_error = exc
             _refresh_or_unknown(handle, app_id, position, exc, sleep=sleep, policy=policy)
             continue
         except (DeltaProtocolError, SchemaMismatchError, ValueError, TypeError) as exc:
             raise translate(exc, None, doing=f"commit position {position} of {app_id!r}") from exc
         except Exception as exc:  # noqa: BLE001 - every other failure leaves the outcome unknown
+            log.info(
+                "position %d of %r: commit attempt %d failed, outcome unknown (%s); reading the log to decide",
+                position, app_id, attempt + 1, translate(exc, None, doing="commit"),
+            )  # fmt: skip
             last_error = exc
             _refresh_or_unknown(handle, app_id, position, exc, sleep=sleep, policy=policy)
             sleep(_backoff(policy, attempt))
@@ -163,6 +172,7 @@ def commit_staged(
             pass  # the commit landed; the next write refreshes before it trusts the snapshot
         else:
             handle.note_own_commit(app_id, position, read_version=read_version)
+        log.debug("committed %d of %r: %d files, %d rows, version %d", position, app_id, len(staged), rows, handle.version())
         return WriteResult(
             status="committed",
             app_id=app_id,
@@ -250,6 +260,7 @@ def _backoff(policy: CommitPolicy, attempt: int) -> float:
 
 
 def stale_result(handle: TableHandle, app_id: str, position: int, committed: int | None, previous: int | None) -> WriteResult:
+    log.info("position %d of %r is stale: continues from %s, committed position is %s", position, app_id, previous, committed)
     return WriteResult(
         status="stale",
         app_id=app_id,
@@ -261,6 +272,7 @@ def stale_result(handle: TableHandle, app_id: str, position: int, committed: int
 
 
 def _skipped(handle: TableHandle, app_id: str, position: int, committed: int, reason: str) -> WriteResult:
+    log.debug("skipped position %d of %r: %s (committed position %d)", position, app_id, reason, committed)
     return WriteResult(
         status="skipped",
         app_id=app_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from lakesink.status import txn_versions
 from lakesink.storage import StorageOptions, normalize_table_uri
 
 LEDGER_DIR = "_lakesink/ledger"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +170,15 @@ def ingest(
             )
         run = _Run(files, sink, quarantine, batch_rows=max(1, batch_rows), on_progress=on_progress)
         start_position = sink.committed_position()
+        total = sum(f.size for f in files.files)
+        log.info("ingest %s into %s as %r: %d files, %d bytes", source, sink.uri, app_id, len(files.files), total)
         start = run.resume_point()
         run.drive(start)
         handle = sink.handle
+        log.info(
+            "ingest done: %d rows in %d commits, %d batches already committed, %d rows quarantined",
+            run.rows_written, run.commits, run.skipped, run.rows_quarantined,
+        )  # fmt: skip
         return IngestReport(
             source=source,
             table_uri=sink.uri,
@@ -231,6 +239,7 @@ class _Run:
         committed = self.sink.committed_position()
         if committed is None:
             refuse_if_txn_expired(self.sink)
+            log.info("resume point: the start (nothing committed for %r yet)", self.sink.app_id)
             return FilePosition(0, 0)
         position = FilePosition.decode(committed)
         try:
@@ -238,6 +247,10 @@ class _Run:
         except FileNotFoundError:
             ledger = None
         self.files.verify(position, ledger)
+        log.info(
+            "resume point: position %d (%s), after checking the ingested files against %s",
+            committed, position, "the ledger" if ledger is not None else "the source alone (no ledger)",
+        )  # fmt: skip
         return position
 
     def drive(self, start: FilePosition) -> None:
@@ -274,6 +287,7 @@ class _Run:
                 self.skipped += 1
             else:
                 self.skipped += 1
+                log.info("position %d of %r: %s (%s); resuming", position, self.sink.app_id, result.status, result.reason)
                 return self.resume_point()  # another copy got elsewhere: continue after its commit
             previous = position
             self._report(batch.end)

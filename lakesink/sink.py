@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -17,6 +18,7 @@ from lakesink.storage import ObjectStore, StorageOptions, normalize_table_uri, o
 from lakesink.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
 
 _MAX_POSITION = 2**63 - 1
+log = logging.getLogger(__name__)
 
 
 class Sink:
@@ -117,6 +119,7 @@ class Sink:
             raise InvalidPosition(f"previous must be an int or None, not {type(previous).__name__}")
         committed = self.committed_position()
         if committed is not None and committed >= position:
+            log.debug("skipped position %d of %r: the committed position is already %d", position, self.app_id, committed)
             return WriteResult(
                 status="skipped",
                 app_id=self.app_id,
@@ -144,9 +147,14 @@ class Sink:
             # A concurrent creator may have made the table with another schema: fit against it.
             fitted = fit(arrow, handle.arrow_schema(), evolve=self._evolve)
         if fitted.new_fields:
+            log.info("adding columns %s to %s (schema evolution)", [f.name for f in fitted.new_fields], self.uri)
             handle.add_columns(fitted.new_fields)
         partition_by = handle.partition_columns()
         staged = stage_batch(self.store, fitted.table, app_id=self.app_id, position=position, partition_by=partition_by)
+        log.debug(
+            "staged position %d of %r: %d files, %d rows, %d bytes",
+            position, self.app_id, len(staged), fitted.table.num_rows, sum(f.size for f in staged),
+        )  # fmt: skip
         crash_point("after_stage")
         return commit_staged(
             handle,

@@ -8,6 +8,7 @@ number of commits before it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundEr
 
 from lakesink.errors import ConfigError, StorageUnavailable, TableError
 from lakesink.storage import StorageOptions, open_store, redact, visible_entries
+
+log = logging.getLogger(__name__)
 
 # delta-rs writes a checkpoint every `delta.checkpointInterval` commits in its post-commit hook.
 # Frequent checkpoints keep log replay (refresh, `transaction_version`) short; a checkpoint's own
@@ -82,6 +85,7 @@ class TableHandle:
             return cls._open_after_checking_location(uri, options)
         except Exception as exc:
             raise translate(exc, options, doing=f"open {uri}") from exc
+        log.info("opened table %s at version %d (storage options %r)", uri, table.version(), options)
         return cls(table, uri=uri, options=options, writing=writing)
 
     @classmethod
@@ -131,7 +135,9 @@ class TableHandle:
             created = cls.open(uri, options, writing=True)
             if created is None:
                 raise translate(exc, options, doing=f"create {uri}") from exc
+            log.info("table %s was created by a concurrent writer (or our lost answer): using it", uri)
             return created
+        log.info("created table %s (partitioned by %s, storage options %r)", uri, list(partition_by) or "nothing", options)
         handle = cls.open(uri, options, writing=True)
         if handle is None:
             raise TableError(f"created {uri} but cannot read it back; check the store's consistency")
