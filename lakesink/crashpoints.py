@@ -4,6 +4,7 @@
 variable unset), a crash point is one comparison against None.
 
 Points, in the order a write reaches them:
+    mid_stage          a batch of several partitions: its first Parquet file is on the store, the rest are not
     after_stage        Parquet files (and the source ledger) are on the store, nothing committed
     before_commit      about to send the commit
     after_commit       the commit landed; the process has not seen the answer's consequences yet

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lakesink.crashpoints import crash_point
 from lakesink.errors import SchemaMismatch
 from lakesink.storage import ObjectStore
 
@@ -60,6 +61,8 @@ def stage_batch(
         return []  # the commit still records the position; an empty Parquet file would only cost reads
     staged = []
     for part, (values, rows) in enumerate(_split_by_partition(data, partition_by)):
+        if part == 1:
+            crash_point("mid_stage")  # the first file is on the store, the rest are not
         body = _parquet_bytes(rows)
         digest = hashlib.sha256(body).hexdigest()[:16]
         directory = "/".join(f"{quote(k, safe='')}={_dir_value(v)}" for k, v in values)

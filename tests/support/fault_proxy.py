@@ -13,6 +13,10 @@ matching requests through:
   until the client gives up (its timeout) or the proxy stops.
 * `fail_with` (and `slow_down` / `internal_error`): an S3 error answer (503 SlowDown, 500
   InternalError, 403 InvalidAccessKeyId, ...) instead of forwarding; nothing is applied.
+* `kill_after_apply`: the request reaches the server and is applied there (a 2xx answer), then a
+  given process (the `lakesink ingest` subprocess that sent it) is SIGKILLed before the answer is
+  relayed: a crash point inside delta-rs ("the log PUT landed, the commit call has not returned",
+  "the checkpoint file is written, `_last_checkpoint` is not").
 * `add_latency`: the request is held for some seconds, then handled as usual (this one stacks
   with the others).
 
@@ -23,8 +27,10 @@ PUT, get 412, read the log, ...).
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import select
+import signal
 import socket
 import socketserver
 import struct
@@ -71,6 +77,7 @@ class _Fault:
     status: int = 0  # "status": the HTTP status and S3 error code to answer with
     code: str = ""
     seconds: float = 0.0  # "latency": how long to hold the request
+    pid: int = 0  # "kill": the process to SIGKILL once the request is applied
 
 
 class FaultProxy:
@@ -135,6 +142,15 @@ class FaultProxy:
         assert how in ("reset", "close"), how
         with self._lock:
             self._faults.append(_Fault(method.upper(), re.compile(pattern), times, after, how, then))
+
+    def kill_after_apply(self, pid: int, pattern: str = DELTA_LOG_ENTRY, *, method: str = "PUT", after: int = 0) -> None:
+        """After letting `after` matching requests through, let the next one reach the server; once the
+        server answered it with a 2xx (applied), SIGKILL `pid` and wait for it to die, then cut the
+        connection without relaying the answer. A matching request the server refused (412, 404, ...)
+        is relayed and does not count.
+        """
+        with self._lock:
+            self._faults.append(_Fault(method.upper(), re.compile(pattern), 1, after, "kill", pid=pid))
 
     def refuse(self, pattern: str = DELTA_LOG_ANY, *, method: str | None = None, times: int = 1, after: int = 0) -> None:
         """Reset the next `times` matching requests (any method if None) without forwarding them: the
@@ -274,6 +290,18 @@ class _Handler(socketserver.StreamRequestHandler):
                     proxy._record(replace(seen, status=None, action="upstream-failed"))
                     _reset(self.connection)
                     return
+                if fault is not None and drop == "kill":
+                    if status >= 300:
+                        with proxy._lock:
+                            fault.remaining += 1  # not applied: wait for one that is
+                        proxy._record(replace(seen, status=status, action="relayed"))
+                        self._relay(method, status, reason, answer_headers, answer)
+                        continue
+                    # Recorded first: the test may look as soon as the process is dead.
+                    proxy._record(replace(seen, status=status, action=f"applied, then killed pid {fault.pid}"))
+                    _sigkill_and_wait(fault.pid)
+                    _reset(self.connection)
+                    return
                 if drop is not None:
                     # The server applied the request; the client never hears about it.
                     proxy._record(replace(seen, status=status, action=f"dropped ({drop})"))
@@ -387,6 +415,23 @@ def _error_body(code: str, target: str) -> bytes:
         f"<Error><Code>{code}</Code><Message>{message}</Message><Resource>{resource}</Resource>"
         "<RequestId>FAULTPROXY0000001</RequestId></Error>"
     ).encode()
+
+
+def _sigkill_and_wait(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL `pid` (a child of the test process) and return once it is dead (gone or a zombie)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.005)
 
 
 def _reset(conn: socket.socket) -> None:
