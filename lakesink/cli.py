@@ -78,11 +78,14 @@ class _Main(click.Group):
 
 
 def _configure_logging(verbose: int) -> None:
+    logger = logging.getLogger("lakesink")
+    for old in [h for h in logger.handlers if h.get_name() == "lakesink-cli"]:
+        logger.removeHandler(old)  # an earlier command in this process (tests) had its own stderr
     if verbose <= 0:
         return
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("lakesink-cli")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("lakesink")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
 
