@@ -103,7 +103,7 @@ def test_an_ingest_through_kills_and_lost_answers_ends_with_the_same_table_as_a_
     seed = torture_seed()
     rng = random.Random(seed)
     print(f"replay seed {seed} (LAKESINK_TORTURE_SEED={seed} to replay)")
-    dataset = write_ndjson_files(tmp_path / "source", files=8, rows_per_file=25)
+    dataset = write_ndjson_files(tmp_path / "source", files=16, rows_per_file=25)
     clean_uri, faulty_uri = f"s3://{s3_bucket}/clean", f"s3://{s3_bucket}/faulty"
     clean = run_ingest(dataset, clean_uri, moto_server.env(), 10)
     assert clean.returncode == 0, clean.stderr
@@ -117,10 +117,10 @@ def test_an_ingest_through_kills_and_lost_answers_ends_with_the_same_table_as_a_
             proxy.drop_response_after_apply(DELTA_LOG_ENTRY, after=rng.randint(0, 3), times=rng.randint(1, 2),
                                             how=rng.choice(["reset", "close"]))
             dropped_before = len([e for e in proxy.events if e.action.startswith("dropped")])
-            proc = subprocess.Popen(ingest_command(dataset, faulty_uri, rng.randint(5, 20)), env=env,
+            proc = subprocess.Popen(ingest_command(dataset, faulty_uri, rng.randint(4, 10)), env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
-                proc.wait(timeout=rng.uniform(1.5, 4.0))
+                proc.wait(timeout=rng.uniform(1.1, 2.5))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
             _, stderr = proc.communicate(timeout=120)
