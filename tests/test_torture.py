@@ -63,9 +63,12 @@ def test_two_hundred_random_sigkills_during_long_ingests_never_lose_or_duplicate
 def test_many_random_sigkills_during_a_long_ingest_never_lose_or_duplicate_a_record(
     table_uri: str, storage_options: dict[str, str], moto_server: MotoServer, tmp_path: Path
 ) -> None:
-    """The long torture: LAKESINK_TORTURE_KILLS kills per table (default 500) over a source big
-    enough to outlast them."""
-    kills = int(os.environ.get("LAKESINK_TORTURE_KILLS", "500"))
+    """The long torture: LAKESINK_TORTURE_KILLS kills per table (e.g. 500: about 10 minutes locally,
+    20 on moto S3) over a source big enough to outlast them. Skipped unless the variable is set: the
+    normal tier's 200 kills run on every `make test`."""
+    if not os.environ.get("LAKESINK_TORTURE_KILLS"):
+        pytest.skip("set LAKESINK_TORTURE_KILLS (e.g. 500) to run the long torture")
+    kills = int(os.environ["LAKESINK_TORTURE_KILLS"])
     if table_uri.startswith("s3://"):
         dataset = write_ndjson_files(tmp_path / "source", files=max(10, kills), rows_per_file=30)
         batch_rows = 6
