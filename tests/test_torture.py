@@ -41,7 +41,7 @@ from tests.support.torture import (
 
 # (files, rows per file, batch rows, kills): 150 kills locally + 50 on moto S3 = 200 in the normal tier.
 # Sized so each killed run commits a few batches and the source outlasts every kill.
-NORMAL_TIER = {"local": (100, 60, 10, 150), "s3": (30, 30, 6, 50)}
+NORMAL_TIER = {"local": (125, 60, 10, 150), "s3": (30, 30, 6, 50)}
 
 
 @pytest.mark.timeout(600)

@@ -77,7 +77,9 @@ class TortureLog:
     delays: list[float] = field(default_factory=list)
 
     def figures(self) -> str:
-        return (f"{self.uri}: seed {self.seed}, {self.killed}/{self.planned} SIGKILLs, {self.finished_before_kill} runs "
+        moved = sum(1 for before, after in zip([None, *self.positions], self.positions, strict=False) if after != before)
+        return (f"{self.uri}: seed {self.seed}, {self.killed}/{self.planned} SIGKILLs ({moved} runs committed before "
+                f"dying), {self.finished_before_kill} runs "
                 f"finished before their kill, {self.ids_checked} ids checked: 0 lost, 0 duplicated, "
                 f"{self.orphans} unreferenced staged files, {self.seconds:.1f}s")
 
@@ -117,9 +119,18 @@ def sigkill_torture(dataset: Dataset, uri: str, storage_options: Mapping[str, st
 
     stderr_path = scratch / "stderr.txt"
     previous: int | None = None
+    # Start-up time measured once is only an estimate (the machine's load varies): steer the kills so
+    # the source is consumed on plan, `share` of it after the last kill, by nudging where in start-up
+    # they begin and scaling the window to the work and kills left.
+    lead = 0.9
     for attempt in range(kills):
+        done = len(dataset.ids_before(previous)) / dataset.total
+        planned = share * attempt / kills
+        lead = max(0.3, lead * 0.95) if done > planned else min(1.0, lead * 1.02)
+        left = max(0.0, (share - done) / share) if share else 0.0
+        scaled = window * kills * left / (kills - attempt)
         # From late in start-up to about 2*window into the commits.
-        delay = idle * rng.uniform(0.8, 1.0) + rng.uniform(0, 2 * window)
+        delay = idle * rng.uniform(lead - 0.1, lead) + rng.uniform(0, 2 * scaled)
         rows = rng.randint(max(1, batch_rows // 2), 2 * batch_rows)
         log.delays.append(round(delay, 3))
         with open(stderr_path, "w") as stderr:
