@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint bench bench-quick bench-throughput bench-throughput-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ bench: $(VENV)/.installed-test
 
 bench-quick: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/commit_cost.py --quick
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(VENV)/.installed $(VENV)/.installed-test $@
+
+bench-throughput: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/throughput.py --profile
+
+bench-throughput-quick: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/throughput.py --quick
 
 clean:
 	rm -rf demo .pytest_cache .mypy_cache .ruff_cache

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -42,12 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import deltalake  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from deltalake import DeltaTable, write_deltalake  # noqa: E402
 
 import lakesink  # noqa: E402
 import lakesink.sink  # noqa: E402
+from benchmarks._machine import machine, write_results  # noqa: E402
 from lakesink.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle  # noqa: E402
 from tests.support.moto_server import start_moto_server  # noqa: E402
 
@@ -336,27 +333,6 @@ class Progress:
 # report
 
 
-def machine() -> dict[str, Any]:
-    mem_kb = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
-    return {
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "deltalake": deltalake.__version__,
-        "pyarrow": pa.__version__,
-        "lakesink": lakesink.__version__,
-        # Other work on the machine shows up as noise (moto and the client share the cores).
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def print_table(runs: dict[str, dict[str, Any]]) -> None:
     first = next(iter(runs.values()))
     e, l_ = first["early_window"], first["late_window"]
@@ -393,12 +369,6 @@ def print_table(runs: dict[str, dict[str, Any]]) -> None:
                 f"(first {ck['first_s'] * 1000:.1f}, last {ck['last_s'] * 1000:.1f}); "
                 f"without: median {phases['commit_without_checkpoint_median_s'] * 1000:.1f} ms"
             )
-
-
-def compact_json(value: Any) -> str:
-    """Indented JSON with every list of numbers on one line (the per-commit series)."""
-    text = json.dumps(value, indent=1)
-    return re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]", lambda m: "[" + ",".join(m[1].split()).replace(",,", ",") + "]", text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,10 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met": (s3["ratio_median"] <= GOAL_RATIO) if s3 else None,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp_out.write_text(compact_json(result) + "\n")
-    tmp_out.replace(args.out)
+    write_results(args.out, result)
     print(f"results: {args.out}")
     return 0
 
