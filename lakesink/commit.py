@@ -118,15 +118,8 @@ def commit_staged(
         if committed is not None and committed >= position:
             if attempt > 0 and _landed_ours(handle, write_id, since=first_read_version):
                 log.info("position %d of %r: the answer was lost, and the log shows this write's commit landed", position, app_id)
-                return WriteResult(
-                    status="committed",
-                    app_id=app_id,
-                    position=position,
-                    committed_position=committed,
-                    table_version=handle.version(),
-                    rows=rows,
-                    files=len(staged),
-                    reason="the answer was lost; the log shows this write's commit landed",
+                return _committed(
+                    handle, app_id, position, staged, reason="the answer was lost; the log shows this write's commit landed"
                 )
             reason = "already committed" if attempt == 0 else "committed by a concurrent writer"
             return _skipped(handle, app_id, position, committed, reason)
@@ -173,15 +166,7 @@ def commit_staged(
         else:
             handle.note_own_commit(app_id, position, read_version=read_version)
         log.debug("committed %d of %r: %d files, %d rows, version %d", position, app_id, len(staged), rows, handle.version())
-        return WriteResult(
-            status="committed",
-            app_id=app_id,
-            position=position,
-            committed_position=position,
-            table_version=handle.version(),
-            rows=rows,
-            files=len(staged),
-        )
+        return _committed(handle, app_id, position, staged)
     if isinstance(last_error, CommitFailedError):
         raise ConcurrentWriterError(
             f"gave up committing position {position} of {app_id!r}: another writer with the same app id "
@@ -268,6 +253,19 @@ def stale_result(handle: TableHandle, app_id: str, position: int, committed: int
         committed_position=committed,
         table_version=handle.version(),
         reason=f"this batch continues from {previous}, but the committed position is now {committed}: re-read from there",
+    )
+
+
+def _committed(handle: TableHandle, app_id: str, position: int, staged: Sequence[StagedFile], *, reason: str = "") -> WriteResult:
+    return WriteResult(
+        status="committed",
+        app_id=app_id,
+        position=position,
+        committed_position=position,
+        table_version=handle.version(),
+        rows=sum(f.num_records for f in staged),
+        files=len(staged),
+        reason=reason,
     )
 
 
