@@ -158,16 +158,9 @@ def test_an_ingest_through_kills_and_lost_answers_ends_with_the_same_table_as_a_
 
 
 def write_job_source(directory: Path, *, first_id: int, files: int, rows_per_file: int) -> list[int]:
-    """NDJSON files like `write_ndjson_files`, with ids from `first_id`: one job's own source."""
-    directory.mkdir(parents=True, exist_ok=True)
-    next_id = first_id
-    for index in range(files):
-        lines = []
-        for _ in range(rows_per_file):
-            lines.append(json.dumps({"id": next_id, "name": f"record-{next_id:08d}", "score": next_id / 7}))
-            next_id += 1
-        (directory / f"part-{index:05d}.ndjson").write_text("\n".join(lines) + "\n")
-    return list(range(first_id, next_id))
+    """One job's own NDJSON source, with ids from `first_id`."""
+    write_ndjson_files(directory, files=files, rows_per_file=rows_per_file, first_id=first_id)
+    return list(range(first_id, first_id + files * rows_per_file))
 
 
 @pytest.mark.parametrize("jobs", [4])

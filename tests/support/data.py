@@ -46,13 +46,15 @@ class Dataset:
         return list(range(at.file_index * self.rows_per_file + at.row))
 
 
-def write_ndjson_files(directory: Path, *, files: int, rows_per_file: int) -> Dataset:
-    """Write `files` files `part-00000.ndjson`, ... (so they sort in id order) with ids 0..files*rows_per_file-1.
+def write_ndjson_files(directory: Path, *, files: int, rows_per_file: int, first_id: int = 0) -> Dataset:
+    """Write `files` files `part-00000.ndjson`, ... (so they sort in id order) with ids from `first_id` on.
+
+    `Dataset`'s id arithmetic assumes `first_id` 0; other callers use only the files.
 
     Each record also has a string and a float column, so the Parquet files are not trivial.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    next_id = 0
+    next_id = first_id
     for index in range(files):
         lines = []
         for _ in range(rows_per_file):
