@@ -22,7 +22,7 @@ from deltalake import DeltaTable
 import lakesink
 from lakesink.sources.files import FilePosition
 from tests.conftest import run_cli
-from tests.support.checks import _duckdb_s3_secret, assert_exactly_once, read_ids_deltalake, table_exists
+from tests.support.checks import assert_exactly_once, query_duckdb, read_ids_deltalake, table_exists
 from tests.support.moto_server import MotoServer
 
 APP_ID = "job"
@@ -105,19 +105,7 @@ def dead_letters(uri: str, options: Mapping[str, str] | None = None) -> list[dic
 
 
 def dead_letter_keys_duckdb(uri: str, options: Mapping[str, str] | None = None) -> list[tuple[str, int]]:
-    import duckdb
-    import duckdb_extensions
-
-    con = duckdb.connect()
-    try:
-        duckdb_extensions.import_extension("delta", con=con)
-        if uri.startswith("s3://"):
-            duckdb_extensions.import_extension("httpfs", con=con)
-            con.execute(_duckdb_s3_secret(options or {}))
-        rows = con.execute("SELECT source_file, line FROM delta_scan(?)", [uri]).fetchall()
-    finally:
-        con.close()
-    return [(Path(str(f)).name, int(n)) for f, n in rows]
+    return [(Path(str(f)).name, int(n)) for f, n in query_duckdb(uri, "source_file, line", options)]
 
 
 def assert_every_record_once(source: MixedSource, table: str, dlq: str, options: Mapping[str, str] | None = None) -> None:

@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 
@@ -74,6 +75,11 @@ def read_column_deltalake(uri: str, storage_options: Mapping[str, str] | None, c
 
 def read_ids_duckdb(uri: str, storage_options: Mapping[str, str] | None = None, *, column: str = "id") -> list[int]:
     """The column's values in the table's current snapshot, read by DuckDB's delta extension."""
+    return [int(r[0]) for r in query_duckdb(uri, column, storage_options)]
+
+
+def query_duckdb(uri: str, columns: str, storage_options: Mapping[str, str] | None = None) -> list[tuple[Any, ...]]:
+    """`SELECT columns FROM delta_scan(uri)` through DuckDB's delta extension (httpfs for S3)."""
     import duckdb
     import duckdb_extensions
 
@@ -83,10 +89,9 @@ def read_ids_duckdb(uri: str, storage_options: Mapping[str, str] | None = None, 
         if uri.startswith("s3://"):
             duckdb_extensions.import_extension("httpfs", con=con)
             con.execute(_duckdb_s3_secret(storage_options or {}))
-        rows = con.execute(f"SELECT {column} FROM delta_scan(?)", [uri]).fetchall()
+        return con.execute(f"SELECT {columns} FROM delta_scan(?)", [uri]).fetchall()  # type: ignore[no-any-return]
     finally:
         con.close()
-    return [int(r[0]) for r in rows]
 
 
 def _duckdb_s3_secret(options: Mapping[str, str]) -> str:
