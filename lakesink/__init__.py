@@ -22,7 +22,7 @@ from lakesink.errors import (
     TerminalError,
     TransientError,
 )
-from lakesink.ingest import IngestProgress, IngestReport, ingest
+from lakesink.ingest import CommitInterval, IngestProgress, IngestReport, WriteConfig, ingest
 from lakesink.orphans import GcReport, collect_garbage
 from lakesink.sink import Sink
 from lakesink.status import TableStatus, table_status
@@ -31,6 +31,7 @@ from lakesink.verify import VerifyReport, verify_table
 
 __all__ = [
     "BadRecord",
+    "CommitInterval",
     "CommitOutcomeUnknown",
     "CommitPolicy",
     "ConcurrentWriterError",
@@ -50,6 +51,7 @@ __all__ = [
     "TerminalError",
     "TransientError",
     "VerifyReport",
+    "WriteConfig",
     "WriteResult",
     "__version__",
     "collect_garbage",

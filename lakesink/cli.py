@@ -17,7 +17,18 @@ from typing import Any, NoReturn
 
 import click
 
-from lakesink import IngestProgress, LakesinkError, TransientError, collect_garbage, ingest, table_status, verify_table
+from lakesink import (
+    CommitInterval,
+    IngestProgress,
+    LakesinkError,
+    TransientError,
+    WriteConfig,
+    collect_garbage,
+    ingest,
+    table_status,
+    verify_table,
+)
+from lakesink.ingest import parse_size
 
 EXIT_TERMINAL = 1
 EXIT_TRANSIENT = 75
@@ -122,7 +133,30 @@ def main(verbose: int) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["ndjson", "csv", "parquet"]), help="Source format; default: from each file's extension."
 )
-@click.option("--batch-rows", type=click.IntRange(min=1), default=100_000, show_default=True, help="Records per commit.")
+@click.option(
+    "--commit-interval",
+    metavar="LIMITS",
+    default="1GB,60s",
+    show_default=True,
+    help="Commit once the records read since the last commit reach any of these limits: records (500000rows), "
+    "size of the rows in memory (512MB) or time (30s); join several with commas. Bigger commits cost less per row; "
+    "smaller ones show rows sooner and leave less to redo after a crash.",
+)
+@click.option(
+    "--batch-rows", type=click.IntRange(min=1), metavar="N", help="Records per commit: like adding Nrows to --commit-interval."
+)
+@click.option(
+    "--target-file-size", metavar="SIZE", default="128MB", show_default=True,
+    help="Parquet file size to aim for; a commit smaller than this writes smaller files (one per partition).",
+)
+@click.option(
+    "--in-flight", "in_flight", metavar="SIZE", default="256MB", show_default=True,
+    help="Rows read but not yet written to the store that memory may hold; peak memory stays near this plus a constant.",
+)
+@click.option(
+    "--write-threads", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Threads encoding and uploading Parquet while the source is read (more help when reading is cheap: Parquet sources).",
+)
 @click.option("--partition-by", multiple=True, help="Partition column (repeatable); only when creating the table.")
 @click.option("--evolve-schema", is_flag=True, help="Add new input columns to the table as nullable columns instead of failing.")
 @click.option(
@@ -145,7 +179,11 @@ def ingest_command(
     table: str,
     app_id: str,
     fmt: Any,
-    batch_rows: int,
+    commit_interval: str,
+    batch_rows: int | None,
+    target_file_size: str,
+    in_flight: str,
+    write_threads: int,
     partition_by: tuple[str, ...],
     evolve_schema: bool,
     bad_records: str | None,
@@ -169,11 +207,25 @@ def ingest_command(
     \b
     Example:
       lakesink ingest ./events/ ./lake/events --app-id events --partition-by day
+
+    \b
+    Speed: reading, Parquet encoding and uploading overlap; memory stays near --in-flight
+    however large SOURCE is. Each commit holds up to --commit-interval of records in files
+    of about --target-file-size.
     """
+    try:
+        write = WriteConfig(
+            target_file_bytes=parse_size(target_file_size), in_flight_bytes=parse_size(in_flight), write_threads=write_threads
+        )
+        interval = CommitInterval.parse(commit_interval)
+    except LakesinkError as exc:
+        raise click.BadParameter(str(exc)) from exc
     options: dict[str, Any] = {
         "app_id": app_id,
         "format": fmt,
         "batch_rows": batch_rows,
+        "commit_interval": interval,
+        "write": write,
         "partition_by": partition_by,
         "evolve_schema": evolve_schema,
         "bad_records": bad_records,

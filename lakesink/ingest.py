@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from urllib.parse import unquote
 
 import pyarrow as pa
 
+from lakesink.crashpoints import crash_point
 from lakesink.errors import ConfigError, SchemaMismatch, TableError
+from lakesink.file_writer import DEFAULT_ROW_GROUP_BYTES, DEFAULT_TARGET_FILE_BYTES, GroupFiles
+from lakesink.pipeline import Emitter, Pipeline
 from lakesink.quarantine import Quarantine
 from lakesink.schema import fit
 from lakesink.sink import Sink
@@ -23,6 +26,90 @@ from lakesink.storage import StorageOptions, normalize_table_uri
 
 LEDGER_DIR = "_lakesink/ledger"
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInterval:
+    """When `ingest` commits: once a commit group holds `rows` records, `bytes` of rows, or has been
+    open `seconds`, whichever comes first (None: no limit of that kind).
+
+    Records count good and bad ones, as positions do. Bytes are the rows' size decoded in memory
+    (Arrow), so they mean the same for every source format. Bigger commits cost less per row (a
+    commit is a few log requests); smaller ones make rows visible sooner and leave less to redo
+    after a crash.
+    """
+
+    rows: int | None = None
+    bytes: int | None = 1 << 30
+    seconds: float | None = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "bytes", "seconds"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"CommitInterval.{name} must be a positive number or None, not {value!r}")
+        if self.rows is None and self.bytes is None and self.seconds is None:
+            raise ConfigError("CommitInterval needs a limit (rows, bytes or seconds); without one a run commits only at its end")
+
+    @classmethod
+    def parse(cls, spec: str) -> CommitInterval:
+        """`500000rows`, `512MB`, `30s`, or several joined by commas (`1GB,60s`): the limits to set.
+
+        Sizes take B, KB, MB, GB (powers of 1024: KiB, MiB, GiB are accepted too); times s, m, h.
+        """
+        limits: dict[str, float | int | None] = {"rows": None, "bytes": None, "seconds": None}
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            match = _INTERVAL_PART.fullmatch(part.lower())
+            if match is None:
+                raise ConfigError(f"cannot read {part!r} in commit interval {spec!r}: use e.g. 500000rows, 512MB, 30s or 1GB,60s")
+            number, unit = float(match.group(1)), match.group(2)
+            if unit in ("rows", "records"):
+                limits["rows"] = int(number)
+            elif unit in _SECONDS:
+                limits["seconds"] = number * _SECONDS[unit]
+            else:
+                limits["bytes"] = int(number * _BYTES[unit])
+        return cls(rows=int(limits["rows"]) if limits["rows"] else None, bytes=int(limits["bytes"]) if limits["bytes"] else None,
+                   seconds=limits["seconds"])  # fmt: skip
+
+
+_BYTES = {"b": 1, "kb": 1 << 10, "kib": 1 << 10, "mb": 1 << 20, "mib": 1 << 20, "gb": 1 << 30, "gib": 1 << 30}
+_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_INTERVAL_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(rows|records|b|kb|kib|mb|mib|gb|gib|s|m|h)")
+
+
+def parse_size(text: str) -> int:
+    """`128MB`, `1GB`, `65536` (bytes) as bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?", text.strip().lower())
+    if match is None:
+        raise ConfigError(f"cannot read size {text!r}: use e.g. 128MB, 1GB or a number of bytes")
+    return int(float(match.group(1)) * _BYTES[match.group(2) or "b"])
+
+
+@dataclass(frozen=True, slots=True)
+class WriteConfig:
+    """How `ingest` writes: commit sizes, file sizes, and the memory and threads it may use.
+
+    Peak memory is about `in_flight_bytes` (rows read and not yet written) plus a row group
+    being gathered (`row_group_bytes`) plus the reader's block and pyarrow's buffers: it does not
+    grow with the input.
+    """
+
+    interval: CommitInterval = CommitInterval()
+    target_file_bytes: int = DEFAULT_TARGET_FILE_BYTES
+    in_flight_bytes: int = 256 << 20
+    write_threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("target_file_bytes", "in_flight_bytes", "write_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, not {value!r}")
+
+    @property
+    def row_group_bytes(self) -> int:
+        # Big row groups read well; a quarter of the budget lets several be in flight at once.
+        return max(1, min(DEFAULT_ROW_GROUP_BYTES, self.in_flight_bytes // 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +136,8 @@ class IngestReport:
     rows_quarantined: int
     bad_records_uri: str | None
     commits: int
+    files_written: int
+    bytes_written: int
     skipped_batches: int
     start_position: int | None
     end_position: int | None
@@ -121,7 +210,9 @@ def ingest(
     *,
     app_id: str,
     format: Format | None = None,
-    batch_rows: int = 100_000,
+    batch_rows: int | None = None,
+    commit_interval: CommitInterval | None = None,
+    write: WriteConfig | None = None,
     partition_by: Sequence[str] | None = None,
     evolve_schema: bool = False,
     bad_records: str | None = None,
@@ -140,6 +231,11 @@ def ingest(
     batch's good rows are committed. Every record then ends up in one of the two tables.
 
     `max_record_bytes` is the longest NDJSON line or CSV row read; a longer one stops the run.
+
+    Commits: each covers the records read since the last one, up to `commit_interval` (default:
+    1 GiB of rows or 60 s); `batch_rows` is a shorthand that sets its `rows` limit. Reading,
+    Parquet encoding and uploading overlap (lakesink.pipeline); `write` sets file sizes (~128 MiB),
+    the memory in flight and the writer threads.
 
     Raises:
         BadRecord: a malformed record (names file and line) without `bad_records`, or a record
@@ -168,7 +264,13 @@ def ingest(
             quarantine = stack.enter_context(
                 Quarantine(bad_records, app_id=app_id, storage_options=dict(options.values), clock=clock)
             )
-        run = _Run(files, sink, quarantine, batch_rows=max(1, batch_rows), on_progress=on_progress)
+        interval = commit_interval or CommitInterval()
+        if batch_rows is not None:
+            if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+                raise ConfigError(f"batch_rows must be a positive int (records per commit), not {batch_rows!r}")
+            interval = replace(interval, rows=batch_rows)
+        config = replace(write or WriteConfig(), interval=interval)
+        run = _Run(files, sink, quarantine, config=config, on_progress=on_progress)
         start_position = sink.committed_position()
         total = sum(f.size for f in files.files)
         log.info("ingest %s into %s as %r: %d files, %d bytes", source, sink.uri, app_id, len(files.files), total)
@@ -189,6 +291,8 @@ def ingest(
             rows_quarantined=run.rows_quarantined,
             bad_records_uri=quarantine.uri if quarantine is not None else None,
             commits=run.commits,
+            files_written=run.files_written,
+            bytes_written=run.bytes_written,
             skipped_batches=run.skipped,
             start_position=start_position,
             end_position=sink.committed_position(),
@@ -198,21 +302,23 @@ def ingest(
 
 
 @dataclass(frozen=True, slots=True)
-class _Batch:
-    """The records after the last batch up to `end`: the good ones as rows, the bad ones set aside.
+class _Group:
+    """A commit group as the reader sealed it: the records after the last group up to `end`.
 
-    `rows` is None while no record was good and the table does not exist yet: there is no schema
-    to create it with, so only the bad records are written (and the table's position waits).
+    `schema` is the table's schema as the group's rows were fitted to it (None while no record was
+    good and the table does not exist yet: there is nothing to create it with, so only the bad
+    records are written and the table's position waits). `rejected` are its bad records.
     """
 
     end: FilePosition
-    rows: pa.Table | None
+    schema: pa.Schema | None
     rejected: tuple[Rejected, ...]
     files: list[int]
+    records: int
 
 
 class _Run:
-    """One ingest run's state: batching chunks into positioned writes."""
+    """One ingest run's state: the reader cuts commit groups, the pipeline writes them, this commits them."""
 
     def __init__(
         self,
@@ -220,20 +326,23 @@ class _Run:
         sink: Sink,
         quarantine: Quarantine | None,
         *,
-        batch_rows: int,
+        config: WriteConfig,
         on_progress: Callable[[IngestProgress], None] | None,
     ) -> None:
         self.files = files
         self.sink = sink
         self.quarantine = quarantine
-        self.batch_rows = batch_rows
+        self.config = config
         self.on_progress = on_progress
         self.rows_written = 0
         self.rows_quarantined = 0
         self.commits = 0
         self.skipped = 0
         self.files_read = 0
+        self.files_written = 0
+        self.bytes_written = 0
         self._bytes_total = sum(f.size for f in files.files)
+        self._read_upto = FilePosition(0, 0)  # set by the reader thread, read for progress
 
     def resume_point(self) -> FilePosition:
         committed = self.sink.committed_position()
@@ -262,35 +371,61 @@ class _Run:
 
     def _write_from(self, start: FilePosition) -> FilePosition | None:
         previous = self.sink.committed_position()
-        for batch in self._batches(start):
-            position = batch.end.encode()
-            if self.quarantine is not None and batch.rejected:
-                # Before the good rows: once the table holds `position`, nothing reads this batch
-                # again, so its bad records must already be safe (lakesink.quarantine).
-                self.rows_quarantined += self.quarantine.write(batch.rejected, position=position)
-            if batch.rows is None:
-                self._report(batch.end)
-                continue
-            committed = self.sink.committed_position()
-            if committed is None or committed < position:
-                self.sink.store.write_bytes(
-                    ledger_path(self.sink.app_id, position),
-                    self.files.ledger(app_id=self.sink.app_id, end=batch.end, batch_files=batch.files),
-                )
-            # The batch holds exactly the records after `previous`: it must not land on top of a
-            # position another copy of this job committed in the middle of it.
-            result = self.sink.write(batch.rows, position=position, previous=previous)
-            if result.committed:
-                self.commits += 1
-                self.rows_written += result.rows
-            elif result.status == "skipped" and result.committed_position == position:
-                self.skipped += 1
-            else:
-                self.skipped += 1
-                log.info("position %d of %r: %s (%s); resuming", position, self.sink.app_id, result.status, result.reason)
-                return self.resume_point()  # another copy got elsewhere: continue after its commit
-            previous = position
-            self._report(batch.end)
+        handle = self.sink.handle
+        schema = handle.arrow_schema() if handle is not None else None
+        partition_by = handle.partition_columns() if handle is not None else list(self.sink.partition_by)
+        first = previous if previous is not None else -1
+
+        def new_group(group_start: int) -> GroupFiles:
+            return GroupFiles(
+                self.sink.store,
+                app_id=self.sink.app_id,
+                start_position=group_start,
+                partition_by=partition_by,
+                target_bytes=self.config.target_file_bytes,
+                row_group_bytes=self.config.row_group_bytes,
+            )
+
+        pipeline: Pipeline[_Group] = Pipeline(
+            lambda emit: self._produce(start, schema, first, emit),
+            new_group,
+            encoders=self.config.write_threads,
+            in_flight_bytes=self.config.in_flight_bytes,
+        )
+        with pipeline:
+            for sealed in pipeline.sealed(on_idle=lambda: self._report(self._read_upto)):
+                group = sealed.info
+                position = group.end.encode()
+                if self.quarantine is not None and group.rejected:
+                    # Before the good rows: once the table holds `position`, nothing reads this group
+                    # again, so its bad records must already be safe (lakesink.quarantine).
+                    self.rows_quarantined += self.quarantine.write(group.rejected, position=position)
+                if group.schema is None:
+                    self._report(group.end)
+                    continue
+                committed = self.sink.committed_position()
+                if committed is None or committed < position:
+                    self.sink.store.write_bytes(
+                        ledger_path(self.sink.app_id, position),
+                        self.files.ledger(app_id=self.sink.app_id, end=group.end, batch_files=group.files),
+                    )
+                crash_point("after_stage")
+                # The group holds exactly the records after `previous`: it must not land on top of a
+                # position another copy of this job committed in the middle of it.
+                result = self.sink.commit_files(sealed.files, position=position, previous=previous, schema=group.schema)
+                if result.committed:
+                    self.commits += 1
+                    self.rows_written += result.rows
+                    self.files_written += len(sealed.files)
+                    self.bytes_written += sum(f.size for f in sealed.files)
+                elif result.status == "skipped" and result.committed_position == position:
+                    self.skipped += 1
+                else:
+                    self.skipped += 1
+                    log.info("position %d of %r: %s (%s); resuming", position, self.sink.app_id, result.status, result.reason)
+                    return self.resume_point()  # another copy got elsewhere: continue after its commit
+                previous = position
+                self._report(group.end)
         return None
 
     def _report(self, end: FilePosition) -> None:
@@ -299,47 +434,57 @@ class _Run:
             done = sum(f.size for f in self.files.files[: end.file_index])
             self.on_progress(IngestProgress(done, self._bytes_total, self.rows_written, self.commits, end.encode()))
 
-    def _batches(self, start: FilePosition) -> Iterator[_Batch]:
-        """Each batch of up to batch_rows records (good and bad), in order.
+    def _produce(self, start: FilePosition, schema: pa.Schema | None, first: int, emit: Emitter[_Group]) -> None:
+        """The reader thread: records from `start` on, fitted, cut into commit groups and sent on.
 
-        A batch may span files; its end position is where its last record lies, or the start of
-        the next file when it ends exactly at the end of one.
+        A group ends after `interval.rows` records (good and bad: positions count both), or at the
+        end of the chunk that brings it to `interval.bytes` of rows or `interval.seconds`. Its end
+        position is where its last record lies, or the start of the next file when it ends exactly
+        at the end of one. Rows are sent in row groups of about `row_group_bytes`.
         """
-        first_schema: pa.Schema | None = None
+        interval = self.config.interval
+        row_limit = interval.rows or 2**62
+        def before_first_file() -> None:
+            # The table must exist before its first data file does (Sink.ensure_table says why).
+            # Only this thread touches the table until the first group is sealed, so it may create it.
+            if self.sink.handle is None and schema is not None:
+                created = self.sink.ensure_table(schema).arrow_schema()
+                if created != schema:
+                    raise SchemaMismatch(
+                        f"another writer created {self.sink.uri} with the schema {created} while this run read the "
+                        f"source as {schema}; nothing was written: rerun to read it with the table's schema"
+                    )
+
+        cutter = _GroupCutter(
+            start=first, row_group_bytes=self.config.row_group_bytes, emit=emit, before_first_file=before_first_file
+        )
 
         def table_schema() -> pa.Schema | None:
-            # The table's schema as the run changes it (created, evolved), so later files are
-            # read with the table's types, not with types guessed from their own first block.
-            handle = self.sink.handle
-            return handle.arrow_schema() if handle is not None else first_schema
+            # The table's schema as this run makes it (created, evolved), so later files are read
+            # with the table's types, not with types guessed from their own first block.
+            return schema
 
-        pending: list[Chunk] = []
-        pending_records = 0
-        touched: list[int] = []
-        chunks = self.files.chunks(start, schema=table_schema, evolve=self.sink._evolve, quarantine=self.quarantine is not None)
+        quarantine = self.quarantine is not None
+        chunks = self.files.chunks(start, schema=table_schema, evolve=self.sink.evolve_schema, quarantine=quarantine)
         for chunk in chunks:
-            chunk = self._fit(chunk, table_schema())
-            if first_schema is None and chunk.table.num_columns:
-                first_schema = chunk.table.schema
-            if not touched or touched[-1] != chunk.file_index:
-                touched.append(chunk.file_index)
+            chunk = self._fit(chunk, schema)
+            if chunk.table.num_columns and chunk.table.schema != schema:
+                schema = chunk.table.schema  # the first rows, or new columns (evolution)
+            cutter.touch(chunk.file_index)
             cursor = chunk.row_start
-            while chunk.row_end - cursor >= self.batch_rows - pending_records:
-                stop = cursor + self.batch_rows - pending_records
-                pending.append(chunk.between(cursor, stop))
-                file_done = chunk.last and stop == chunk.row_end
-                end = FilePosition(chunk.file_index + 1, 0) if file_done else FilePosition(chunk.file_index, stop)
-                yield _batch(end, pending, touched, table_schema())
-                pending, pending_records = [], 0
-                touched = [] if file_done else [chunk.file_index]
+            while chunk.row_end - cursor >= row_limit - cutter.records:
+                stop = cursor + row_limit - cutter.records
+                cutter.add(chunk.between(cursor, stop))
+                cutter.seal(_end_of(chunk, stop), schema, next_file=chunk.last and stop == chunk.row_end)
                 cursor = stop
             if cursor < chunk.row_end:
-                pending.append(chunk.between(cursor, chunk.row_end))
-                pending_records += chunk.row_end - cursor
-        schema = table_schema()
-        if touched and (schema is not None or any(p.rejected for p in pending)):
-            # The tail: a partial batch, or empty files after the last full batch.
-            yield _batch(FilePosition(touched[-1] + 1, 0), pending, touched, schema)
+                cutter.add(chunk.between(cursor, chunk.row_end))
+                if cutter.over(interval):
+                    cutter.seal(_end_of(chunk, chunk.row_end), schema, next_file=chunk.last)
+            self._read_upto = _end_of(chunk, chunk.row_end)
+        if cutter.touched and (schema is not None or cutter.rejected):
+            # The tail: a partial group, or empty files after the last full group.
+            cutter.seal(FilePosition(cutter.touched[-1] + 1, 0), schema, next_file=True)
 
     def _fit(self, chunk: Chunk, schema: pa.Schema | None) -> Chunk:
         """The chunk with its good rows cast to the table's schema."""
@@ -349,7 +494,7 @@ class _Run:
             # Records that are empty objects: rows of nulls, so every record is accounted for.
             chunk = replace(chunk, table=pa.table({schema.names[0]: pa.nulls(chunk.table.num_rows)}))
         try:
-            fitted = fit(chunk.table, schema, evolve=self.sink._evolve)
+            fitted = fit(chunk.table, schema, evolve=self.sink.evolve_schema)
         except SchemaMismatch as exc:
             raise SchemaMismatch(
                 f"{self.files.location(chunk.file)} (records {chunk.row_start + 1}..{chunk.row_end}): {exc}"
@@ -357,14 +502,65 @@ class _Run:
         return replace(chunk, table=fitted.table)
 
 
-def _batch(end: FilePosition, pending: list[Chunk], touched: list[int], schema: pa.Schema | None) -> _Batch:
-    tables = [p.table for p in pending if p.table.num_columns]
-    rejected = tuple(r for p in pending for r in p.rejected)
-    if tables:
-        rows: pa.Table | None = _concat(tables)
-    else:
-        rows = schema.empty_table() if schema is not None else None
-    return _Batch(end=end, rows=rows, rejected=rejected, files=list(touched))
+def _end_of(chunk: Chunk, stop: int) -> FilePosition:
+    return FilePosition(chunk.file_index + 1, 0) if chunk.last and stop == chunk.row_end else FilePosition(chunk.file_index, stop)
+
+
+class _GroupCutter:
+    """The open commit group, on the reader thread: buffers rows into row groups and sends them on."""
+
+    def __init__(self, *, start: int, row_group_bytes: int, emit: Emitter[_Group], before_first_file: Callable[[], None]) -> None:
+        self.start = start
+        self._before_first_file: Callable[[], None] | None = before_first_file
+        self.row_group_bytes = row_group_bytes
+        self.emit = emit
+        self.records = 0
+        self.rows_bytes = 0
+        self.rejected: list[Rejected] = []
+        self.touched: list[int] = []
+        self.started = time.monotonic()
+        self._pending: list[pa.Table] = []
+        self._pending_bytes = 0
+
+    def touch(self, file_index: int) -> None:
+        if not self.touched or self.touched[-1] != file_index:
+            self.touched.append(file_index)
+
+    def add(self, chunk: Chunk) -> None:
+        self.records += chunk.records
+        self.rejected.extend(chunk.rejected)
+        if chunk.table.num_columns and chunk.table.num_rows:
+            self._pending.append(chunk.table)
+            self._pending_bytes += chunk.table.nbytes
+            self.rows_bytes += chunk.table.nbytes
+            if self._pending_bytes >= self.row_group_bytes:
+                self._flush()
+
+    def over(self, interval: CommitInterval) -> bool:
+        return (interval.bytes is not None and self.rows_bytes >= interval.bytes) or (
+            interval.seconds is not None and time.monotonic() - self.started >= interval.seconds
+        )
+
+    def seal(self, end: FilePosition, schema: pa.Schema | None, *, next_file: bool) -> None:
+        self._flush()
+        group = _Group(end=end, schema=schema, rejected=tuple(self.rejected), files=list(self.touched), records=self.records)
+        self.emit.seal(group)
+        self.start = end.encode()
+        self.records = 0
+        self.rows_bytes = 0
+        self.rejected = []
+        self.touched = [] if next_file else [end.file_index]
+        self.started = time.monotonic()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._before_first_file is not None:
+            self._before_first_file()
+            self._before_first_file = None
+        rows = _concat(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        self.emit.rows(rows, group_start=self.start)
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import pyarrow as pa
 
 from lakesink.errors import ConfigError, SchemaMismatch
+from lakesink.schema import fit
 from lakesink.sink import Sink
 from lakesink.sources.files import FilePosition, Rejected
 
@@ -53,6 +54,13 @@ class Quarantine:
         self._sink = Sink(table_uri, app_id=app_id, storage_options=storage_options, clock=clock)
         self.uri = self._sink.uri
         self.app_id = app_id
+        handle = self._sink.handle
+        if handle is not None:
+            # Checked before the ingest writes anything, not at its first bad record.
+            try:
+                fit(DEAD_LETTER_SCHEMA.empty_table(), handle.arrow_schema(), evolve=False)
+            except SchemaMismatch as exc:
+                raise self._not_dead_letter(exc) from exc
 
     def __enter__(self) -> Quarantine:
         return self
@@ -81,13 +89,17 @@ class Quarantine:
                     dead_letter_rows(todo, app_id=self.app_id, position=position), position=position, previous=committed
                 )
             except SchemaMismatch as exc:
-                raise ConfigError(
-                    f"{self.uri} is not a dead-letter table ({exc}): pass --bad-records a new path, or one an "
-                    "earlier run with --bad-records created"
-                ) from exc
+                raise self._not_dead_letter(exc) from exc
             if result.status == "stale":
                 continue  # a concurrent copy of the job quarantined part of them: look again
             return result.rows if result.committed else 0
+
+
+    def _not_dead_letter(self, exc: SchemaMismatch) -> ConfigError:
+        return ConfigError(
+            f"{self.uri} is not a dead-letter table ({exc}): pass --bad-records a new path, or one an "
+            "earlier run with --bad-records created"
+        )
 
 
 def dead_letter_rows(rejected: Sequence[Rejected], *, app_id: str, position: int) -> pa.Table:

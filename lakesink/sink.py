@@ -8,12 +8,14 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+import pyarrow as pa
+
 from lakesink.commit import ANY_PREVIOUS, AnyPrevious, CommitPolicy, WriteResult, commit_staged, stale_result
 from lakesink.convert import to_arrow
 from lakesink.crashpoints import crash_point
-from lakesink.errors import ConfigError, InvalidPosition
+from lakesink.errors import ConfigError, InvalidPosition, SchemaMismatch
 from lakesink.schema import fit
-from lakesink.stage import check_partition_columns, stage_batch
+from lakesink.stage import StagedFile, check_partition_columns, stage_batch
 from lakesink.storage import ObjectStore, StorageOptions, normalize_table_uri, open_store
 from lakesink.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
 
@@ -76,6 +78,15 @@ class Sink:
         self._handle = None
 
     @property
+    def partition_by(self) -> list[str]:
+        """The partition columns asked for (the table's own, once it exists, win: see `handle`)."""
+        return list(self._partition_by)
+
+    @property
+    def evolve_schema(self) -> bool:
+        return self._evolve
+
+    @property
     def handle(self) -> TableHandle | None:
         """The open table, or None before the first write created it."""
         return self._handle
@@ -134,16 +145,7 @@ class Sink:
         handle = self._handle
         fitted = fit(arrow, handle.arrow_schema() if handle else None, evolve=self._evolve)
         if handle is None:
-            check_partition_columns(fitted.table.schema, self._partition_by)
-            handle = TableHandle.create(
-                self.uri,
-                self._options,
-                schema=fitted.table.schema,
-                partition_by=self._partition_by,
-                checkpoint_interval=self._checkpoint_interval,
-            )
-            self._check_partitioning(handle)
-            self._handle = handle
+            handle = self.ensure_table(fitted.table.schema)
             # A concurrent creator may have made the table with another schema: fit against it.
             fitted = fit(arrow, handle.arrow_schema(), evolve=self._evolve)
         if fitted.new_fields:
@@ -163,6 +165,71 @@ class Sink:
             position=position,
             schema=fitted.table.schema,
             partition_by=partition_by,
+            clock=self._clock,
+            previous=previous,
+            sleep=self._sleep,
+            policy=self._policy,
+        )
+
+    def ensure_table(self, schema: pa.Schema) -> TableHandle:
+        """The table, created with `schema` (and the partitioning asked for) if it does not exist yet.
+
+        A writer that stages files itself calls this before staging the first one: the table's
+        location must hold a Delta log before any data file, or a rerun after a crash would find
+        files without a log there and refuse the location (TableHandle.open).
+
+        Raises:
+            SchemaMismatch: a partition column is missing or of a type Delta cannot partition by.
+            ConfigError: the table exists with another partitioning than the one asked for.
+        """
+        if self._handle is not None:
+            return self._handle
+        check_partition_columns(schema, self._partition_by)
+        handle = TableHandle.create(
+            self.uri,
+            self._options,
+            schema=schema,
+            partition_by=self._partition_by,
+            checkpoint_interval=self._checkpoint_interval,
+        )
+        self._check_partitioning(handle)
+        self._handle = handle
+        return handle
+
+    def commit_files(
+        self, files: Sequence[StagedFile], *, position: int, previous: int | AnyPrevious | None, schema: pa.Schema
+    ) -> WriteResult:
+        """Commit Parquet files already on the store (written for the table's partitioning and
+        fitted to `schema`) for `position`, exactly once: the second half of `write`, for writers
+        that stage their own files (lakesink.pipeline). Creates the table, or adds the new columns
+        of `schema`, first.
+
+        Raises:
+            SchemaMismatch: the table's schema changed under this writer (created or altered by
+                another one) so that the files no longer fit it; rerun to read with the new schema.
+            InvalidPosition, ConcurrentWriterError, CommitOutcomeUnknown: as `write`.
+        """
+        _check_position(position)
+        handle = self.ensure_table(schema)
+        current = handle.arrow_schema()
+        new_fields = [f for f in schema if current.get_field_index(f.name) < 0]
+        if new_fields and self._evolve:
+            log.info("adding columns %s to %s (schema evolution)", [f.name for f in new_fields], self.uri)
+            handle.add_columns(new_fields)
+            current = handle.arrow_schema()
+        if [(f.name, f.type) for f in current] != [(f.name, f.type) for f in schema]:
+            raise SchemaMismatch(
+                f"the schema of {self.uri} changed while this run wrote position {position} (another writer created or "
+                f"altered it): the table has {current}, the staged files have {schema}. Nothing was committed; rerun, "
+                "and the source is read with the table's schema."
+            )
+        return commit_staged(
+            handle,
+            files,
+            app_id=self.app_id,
+            position=position,
+            schema=schema,
+            partition_by=handle.partition_columns(),
             clock=self._clock,
             previous=previous,
             sleep=self._sleep,

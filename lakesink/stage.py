@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakesink.crashpoints import crash_point
@@ -60,12 +59,12 @@ def stage_batch(
     if data.num_rows == 0:
         return []  # the commit still records the position; an empty Parquet file would only cost reads
     staged = []
-    for part, (values, rows) in enumerate(_split_by_partition(data, partition_by)):
+    for part, (values, rows) in enumerate(split_by_partition(data, partition_by)):
         if part == 1:
             crash_point("mid_stage")  # the first file is on the store, the rest are not
-        body = _parquet_bytes(rows)
+        body, metadata = _parquet_bytes(rows)
         digest = hashlib.sha256(body).hexdigest()[:16]
-        directory = "/".join(f"{quote(k, safe='')}={_dir_value(v)}" for k, v in values)
+        directory = partition_directory(values)
         name = f"part-{position:020d}-{part:05d}-{_app_slug(app_id)}-{digest}.snappy.parquet"
         object_path = f"{directory}/{name}" if directory else name
         store.write_bytes(object_path, body)
@@ -74,11 +73,16 @@ def stage_batch(
                 path=object_path,
                 size=len(body),
                 partition_values=values,
-                stats=delta_stats(rows),
+                stats=stats_from_parquet(metadata, rows.schema),
                 num_records=rows.num_rows,
             )
         )
     return staged
+
+
+def partition_directory(values: tuple[tuple[str, str | None], ...]) -> str:
+    """The Hive-style directory of a partition ("" for an unpartitioned table)."""
+    return "/".join(f"{quote(k, safe='')}={_dir_value(v)}" for k, v in values)
 
 
 def _app_slug(app_id: str) -> str:
@@ -92,13 +96,15 @@ def _dir_value(value: str | None) -> str:
     return HIVE_NULL if value is None else quote(value, safe="")
 
 
-def _parquet_bytes(rows: pa.Table) -> bytes:
+def _parquet_bytes(rows: pa.Table) -> tuple[bytes, pq.FileMetaData]:
     sink = pa.BufferOutputStream()
-    pq.write_table(rows, sink, compression="snappy", write_statistics=True)
-    return sink.getvalue().to_pybytes()
+    writer = pq.ParquetWriter(sink, rows.schema, compression="snappy", write_statistics=True)
+    writer.write_table(rows)
+    writer.close()
+    return sink.getvalue().to_pybytes(), writer.writer.metadata
 
 
-def _split_by_partition(data: pa.Table, partition_by: Sequence[str]) -> list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]:
+def split_by_partition(data: pa.Table, partition_by: Sequence[str]) -> list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]:
     if not partition_by:
         return [((), data)]
     check_partition_columns(data.schema, partition_by)
@@ -142,24 +148,51 @@ def partition_value(value: Any) -> str | None:
     return str(value)
 
 
-def delta_stats(rows: pa.Table) -> str:
-    """Delta file statistics: numRecords, and nullCount/minValues/maxValues for flat columns."""
+def stats_from_parquet(metadata: pq.FileMetaData, schema: pa.Schema) -> str:
+    """Delta file statistics (numRecords, and nullCount/minValues/maxValues of flat columns) of a
+    Parquet file, from the statistics its writer computed: no second pass over the data.
+
+    A column gets min/max only when every row group that has values has them (the writer keeps
+    none for a row group of NaNs only, or for values too long), when both are finite, and
+    when its type has an order readers use (timestamps are left out: the protocol keeps them in
+    milliseconds, and a truncated max would mislead readers' file skipping).
+    """
     min_values: dict[str, Any] = {}
     max_values: dict[str, Any] = {}
     null_count: dict[str, int] = {}
-    for name in rows.column_names:
-        column = rows.column(name)
-        if pa.types.is_nested(column.type):
+    flat = {f.name: f.type for f in schema if not pa.types.is_nested(f.type)}
+    for name in flat:
+        null_count[name] = 0
+    bounds: dict[str, list[tuple[Any, Any]]] = {name: [] for name in flat}
+    unbounded: set[str] = set()
+    for r in range(metadata.num_row_groups):
+        group = metadata.row_group(r)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            name = column.path_in_schema
+            if name not in flat:
+                continue
+            st = column.statistics
+            nulls = st.null_count if st is not None and st.has_null_count else None
+            if nulls is None:
+                raise ValueError(f"the Parquet writer kept no null count for {name!r}")
+            null_count[name] += nulls
+            if nulls == column.num_values:
+                continue  # all null in this row group: no bounds to merge
+            if st is not None and st.has_min_max:
+                bounds[name].append((st.min, st.max))
+            else:
+                unbounded.add(name)
+    rows = metadata.num_rows
+    for name, kind in flat.items():
+        found = bounds[name]
+        if not found or name in unbounded or null_count[name] == rows or not _has_ordered_stats(kind):
             continue
-        null_count[name] = column.null_count
-        if column.null_count == rows.num_rows or not _has_ordered_stats(column.type):
-            continue
-        bounds = pc.min_max(column)
-        low, high = _stat_value(bounds["min"].as_py()), _stat_value(bounds["max"].as_py())
+        low, high = _stat_value(min(lo for lo, _ in found)), _stat_value(max(hi for _, hi in found))
         if low is not None and high is not None:
             min_values[name], max_values[name] = low, high
     return json.dumps(
-        {"numRecords": rows.num_rows, "minValues": min_values, "maxValues": max_values, "nullCount": null_count},
+        {"numRecords": rows, "minValues": min_values, "maxValues": max_values, "nullCount": null_count},
         separators=(",", ":"),
     )
 

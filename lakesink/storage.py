@@ -15,6 +15,7 @@ import glob as globlib
 import os
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlparse
@@ -200,6 +201,8 @@ class ObjectStore(Protocol):
 
     def open_input(self, path: str) -> pa.NativeFile: ...
 
+    def open_output(self, path: str) -> AbstractContextManager[pa.NativeFile]: ...
+
     def info(self, path: str) -> ObjectInfo | None: ...
 
     def list_files(self, prefix: str = "") -> list[ObjectInfo]: ...
@@ -231,6 +234,42 @@ class ArrowObjectStore:
                 out.write(data)
         except OSError as exc:
             raise _storage_error("write", full, exc) from exc
+
+    @contextlib.contextmanager
+    def open_output(self, path: str) -> Iterator[pa.NativeFile]:
+        """A stream that becomes the object `path` only if the block exits without an error.
+
+        Local disk: a temporary file, fsynced and renamed into place. S3: pyarrow's upload stream,
+        which sends large objects as a multipart upload of parts written in the background; the
+        object appears when the upload completes. (pyarrow has no abort: after an error, S3 may
+        get a truncated object under `path`. Staged names are never reused, so it is an orphan
+        that no commit names, and `lakesink gc` deletes it.)
+        """
+        full = self._full(path)
+        local = isinstance(self._fs, pafs.LocalFileSystem)
+        target = f"{full}.{os.getpid()}.tmp" if local else full
+        try:
+            if local:
+                self._fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
+            out = self._fs.open_output_stream(target, compression=None)
+        except OSError as exc:
+            raise _storage_error("write", full, exc) from exc
+        try:
+            try:
+                yield out
+                out.close()
+                if local:
+                    _fsync_path(target)
+                    os.replace(target, full)
+            except OSError as exc:
+                raise _storage_error("write", full, exc) from exc
+        except BaseException:
+            if local:
+                with contextlib.suppress(OSError):
+                    out.close()
+                with contextlib.suppress(OSError):
+                    os.remove(target)
+            raise
 
     def read_bytes(self, path: str) -> bytes:
         with self.open_input(path) as stream:
@@ -297,6 +336,14 @@ def _write_local_atomically(full: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)  # a full disk keeps no half-written file (the space goes back)
         raise
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # pyarrow's (AWS SDK's) names for answers no retry can change.

@@ -1,0 +1,265 @@
+"""The streaming write path: commit intervals, file sizes, writer threads, Parquet statistics, memory budget."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+import lakesink
+from lakesink.file_writer import GroupFiles
+from lakesink.pipeline import Emitter, Pipeline
+from lakesink.stage import stats_from_parquet
+from lakesink.storage import StorageOptions, open_store
+from tests.conftest import run_cli
+from tests.support.checks import assert_exactly_once, table_files
+from tests.support.data import write_ndjson_files
+
+# --- Parquet statistics ------------------------------------------------------------------------
+
+
+def expected_stats(rows: pa.Table) -> dict[str, Any]:
+    """The oracle: Delta stats computed from the data itself, column by column."""
+    ordered = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string, pa.types.is_date32)
+    low: dict[str, Any] = {}
+    high: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name in rows.column_names:
+        column = rows.column(name)
+        if pa.types.is_nested(column.type):
+            continue
+        nulls[name] = column.null_count
+        if column.null_count == rows.num_rows or not any(kind(column.type) for kind in ordered):
+            continue
+        bounds = pc.min_max(column)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (lo, hi)) or any(
+            isinstance(v, str) and len(v) > 32 for v in (lo, hi)
+        ):
+            continue
+        low[name] = lo.isoformat() if isinstance(lo, dt.date) else lo
+        high[name] = hi.isoformat() if isinstance(hi, dt.date) else hi
+    return {"numRecords": rows.num_rows, "minValues": low, "maxValues": high, "nullCount": nulls}
+
+
+def written_stats(rows: pa.Table, row_group_rows: int) -> dict[str, Any]:
+    sink = pa.BufferOutputStream()
+    writer = pq.ParquetWriter(sink, rows.schema, compression="snappy")
+    writer.write_table(rows, row_group_size=row_group_rows)
+    writer.close()
+    parsed: dict[str, Any] = json.loads(stats_from_parquet(writer.writer.metadata, rows.schema))
+    return parsed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_file_stats_from_the_parquet_footer_equal_stats_computed_from_the_rows(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, 400)
+
+    def maybe(value: object) -> object:
+        return None if rng.random() < 0.2 else value
+
+    rows = pa.table(
+        {
+            "i": pa.array([maybe(rng.randint(-(2**40), 2**40)) for _ in range(n)], pa.int64()),
+            "small": pa.array([maybe(rng.randint(-100, 100)) for _ in range(n)], pa.int16()),
+            "f": pa.array([maybe(rng.uniform(-1e6, 1e6)) for _ in range(n)], pa.float64()),
+            "s": pa.array([maybe("".join(rng.choice("aZé€ 0") for _ in range(rng.randint(0, 40)))) for _ in range(n)]),
+            "d": pa.array([maybe(dt.date(2000, 1, 1) + dt.timedelta(days=rng.randint(0, 9000))) for _ in range(n)]),
+            "ts": pa.array([maybe(dt.datetime(2020, 1, 1) + dt.timedelta(seconds=rng.randint(0, 10**6))) for _ in range(n)]),
+            "b": pa.array([maybe(rng.random() < 0.5) for _ in range(n)]),
+            "none": pa.nulls(n, pa.string()),
+            "st": pa.array([{"a": rng.randint(0, 9)} for _ in range(n)]),
+        }
+    )
+    for row_group_rows in (n, max(1, n // 3), 7):
+        assert written_stats(rows, row_group_rows) == expected_stats(rows), f"row groups of {row_group_rows}"
+
+
+def test_a_row_group_of_nans_only_leaves_its_column_without_bounds_rather_than_wrong_ones() -> None:
+    rows = pa.table({"f": [float("nan"), float("nan"), 1.0, 2.0], "i": [1, 2, 3, 4]})
+    stats = written_stats(rows, 2)
+    assert "f" not in stats["minValues"] and "f" not in stats["maxValues"]
+    assert (stats["minValues"]["i"], stats["maxValues"]["i"], stats["nullCount"]) == (1, 4, {"f": 0, "i": 0})
+
+
+# --- commit intervals ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "rows", "size", "seconds"),
+    [
+        ("500000rows", 500_000, None, None),
+        ("512MB", None, 512 << 20, None),
+        ("1GB,60s", None, 1 << 30, 60.0),
+        ("2m, 10 records, 64KiB", 10, 64 << 10, 120.0),
+        ("1.5h", None, None, 5400.0),
+    ],
+)
+def test_commit_interval_specs_read_as_the_limits_they_name(
+    spec: str, rows: int | None, size: int | None, seconds: float | None
+) -> None:
+    assert lakesink.CommitInterval.parse(spec) == lakesink.CommitInterval(rows=rows, bytes=size, seconds=seconds)
+
+
+@pytest.mark.parametrize("spec", ["", "10 apples", "-5s", "1GB;60s", "0rows"])
+def test_a_commit_interval_that_cannot_be_read_is_a_config_error_naming_it(spec: str) -> None:
+    with pytest.raises(lakesink.ConfigError, match=r"commit interval|needs a limit|positive"):
+        lakesink.CommitInterval.parse(spec)
+
+
+def test_a_bad_commit_interval_on_the_command_line_is_a_usage_error(tmp_path: Path) -> None:
+    write_ndjson_files(tmp_path / "src", files=1, rows_per_file=3)
+    done = run_cli("ingest", str(tmp_path / "src"), str(tmp_path / "lake"), "--app-id", "j", "--commit-interval", "soon")
+    assert done.returncode == 2
+    assert "cannot read 'soon'" in done.stderr and "500000rows" in done.stderr
+    assert not (tmp_path / "lake").exists()
+
+
+def test_commits_by_bytes_cut_the_source_into_several_commits_and_keep_every_record_exactly_once(tmp_path: Path) -> None:
+    data = write_ndjson_files(tmp_path / "src", files=4, rows_per_file=3_000)
+    table = str(tmp_path / "lake")
+    report = lakesink.ingest(
+        str(data.directory), table, app_id="bytes", commit_interval=lakesink.CommitInterval(bytes=100_000, seconds=None)
+    )
+    # Each 8 MiB read block of these small files is one chunk; a group ends at the end of the
+    # chunk that reaches 100 kB, so every file (~190 kB of rows) ends at least one commit.
+    assert report.commits >= 4
+    assert report.rows_written == data.total
+    assert_exactly_once(table, None, data.ids)
+
+
+def test_a_time_interval_commits_at_the_end_of_each_chunk_read_after_it_passed(tmp_path: Path) -> None:
+    data = write_ndjson_files(tmp_path / "src", files=3, rows_per_file=50)
+    table = str(tmp_path / "lake")
+    report = lakesink.ingest(
+        str(data.directory), table, app_id="time", commit_interval=lakesink.CommitInterval(bytes=None, seconds=1e-9)
+    )
+    assert report.commits == 3  # one chunk per small file
+    assert DeltaTable(table).transaction_version("time") == data.end_position
+    assert_exactly_once(table, None, data.ids)
+
+
+# --- files and threads ---------------------------------------------------------------------------
+
+
+def test_a_commit_larger_than_the_target_file_size_is_written_as_several_files_of_about_that_size(
+    tmp_path: Path, table_uri: str, storage_options: dict[str, str]
+) -> None:
+    data = write_ndjson_files(tmp_path / "src", files=2, rows_per_file=20_000)
+    target = 64 << 10
+    report = lakesink.ingest(
+        str(data.directory),
+        table_uri,
+        app_id="roll",
+        storage_options=storage_options,
+        write=lakesink.WriteConfig(target_file_bytes=target, in_flight_bytes=64 << 10),
+    )
+    assert report.commits == 1
+    sizes = pa.table(DeltaTable(table_uri, storage_options=storage_options).get_add_actions(flatten=True)).column("size_bytes")
+    assert report.files_written == len(sizes) >= 4
+    # A file is finished at the first row group that takes it past the target: one row group more at most.
+    assert max(sizes.to_pylist()) < 2 * target + (16 << 10)
+    assert_exactly_once(table_uri, storage_options, data.ids)
+
+
+def test_several_writer_threads_on_a_partitioned_table_write_every_record_exactly_once(tmp_path: Path) -> None:
+    data = write_ndjson_files(tmp_path / "src", files=5, rows_per_file=4_000)
+    table = str(tmp_path / "lake")
+    report = lakesink.ingest(
+        str(data.directory),
+        table,
+        app_id="threads",
+        batch_rows=7_000,
+        write=lakesink.WriteConfig(write_threads=3, in_flight_bytes=32 << 10),
+    )
+    assert report.commits == 3
+    files = table_files(table, None)
+    # Each file's records arrive as one chunk, handed on alone (row groups of 8 kB): the commits'
+    # 2, 3 and 2 chunks went to different threads, each writing its own file.
+    assert len(files) == report.files_written >= 2 * report.commits
+    assert_exactly_once(table, None, data.ids)
+
+
+def test_a_partitioned_table_gets_one_file_per_partition_and_thread_each_commit(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.ndjson").write_text("".join(json.dumps({"id": i, "bucket": f"b{i % 3}"}) + "\n" for i in range(900)))
+    table = str(tmp_path / "lake")
+    report = lakesink.ingest(
+        str(src), table, app_id="parts", partition_by=["bucket"],
+        write=lakesink.WriteConfig(write_threads=2, in_flight_bytes=4 << 10),
+    )
+    assert report.commits == 1
+    dirs = {f.split("/")[-2] for f in table_files(table, None)}
+    assert dirs == {"bucket=b0", "bucket=b1", "bucket=b2"}
+    assert_exactly_once(table, None, range(900))
+
+
+# --- the pipeline alone --------------------------------------------------------------------------
+
+
+def test_the_reader_waits_while_the_in_flight_budget_is_spent(tmp_path: Path) -> None:
+    """With a budget of one row group, the reader never gets more than one row group ahead of the
+    encoders: the bytes handed on and not yet written never exceed the budget (plus one item)."""
+    store = open_store(str(tmp_path / "t"), StorageOptions.resolve({}))
+    item = pa.table({"x": pa.array(range(10_000), pa.int64())})
+    in_flight = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    class Counting(GroupFiles):
+        def write(self, rows: pa.Table) -> None:
+            super().write(rows)
+            with lock:
+                in_flight["now"] -= rows.nbytes
+
+    def produce(emit: Emitter[int]) -> None:
+        for n in range(20):
+            with lock:
+                in_flight["now"] += item.nbytes
+                in_flight["max"] = max(in_flight["max"], in_flight["now"])
+            emit.rows(item, group_start=-1)
+            if n % 5 == 4:
+                emit.seal(n)
+
+    def new_group(start: int) -> GroupFiles:
+        return Counting(store, app_id="p", start_position=start, partition_by=())
+
+    with Pipeline(produce, new_group, encoders=1, in_flight_bytes=item.nbytes) as pipe:
+        sealed = list(pipe.sealed())
+    assert [s.info for s in sealed] == [4, 9, 14, 19]
+    assert sum(f.num_records for s in sealed for f in s.files) == 200_000
+    # Counted before the reader blocks: one item waiting on the budget, one being written.
+    assert in_flight["max"] <= 2 * item.nbytes
+
+
+def test_an_encoder_error_reaches_the_caller_and_stops_the_reader(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "t"), StorageOptions.resolve({}))
+    produced = []
+
+    class Failing(GroupFiles):
+        def write(self, rows: pa.Table) -> None:
+            raise lakesink.StorageUnavailable("the store went away")
+
+    def produce(emit: Emitter[int]) -> None:
+        for n in range(1_000):
+            produced.append(n)
+            emit.rows(pa.table({"x": [n]}), group_start=-1)
+        emit.seal(0)
+
+    pipeline: Pipeline[int] = Pipeline(
+        produce, lambda start: Failing(store, app_id="p", start_position=start, partition_by=()), encoders=2, in_flight_bytes=8
+    )
+    with pytest.raises(lakesink.StorageUnavailable, match="went away"), pipeline:
+        list(pipeline.sealed())
+    assert len(produced) < 1_000  # the reader stopped early
