@@ -193,7 +193,7 @@ def refuse_if_txn_expired(sink: Sink) -> None:
         return  # a first run (or one whose every earlier attempt failed before its first commit)
     evidence = (
         f"the log still holds txn version {in_log} for it" if in_log is not None
-        else f"the table holds {len(positions)} data file(s) it committed, up to position {max(positions)}"
+        else f"the table holds {len(positions)} data file(s) it committed (named by positions up to {max(positions)})"
     )
     raise TableError(
         f"the txn for app id {sink.app_id!r} expired: {sink.uri} sets {TXN_RETENTION}={retention!r}, and {evidence} "

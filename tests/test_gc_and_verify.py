@@ -174,12 +174,13 @@ def test_a_batch_staged_by_an_ingest_killed_after_stage_is_collected_after_the_g
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     store = store_for(table_uri, storage_options)
     staged = sorted(set(parquet_files_on_store(table_uri, storage_options)) - set(table_files(table_uri, storage_options)))
-    assert len(staged) == 1  # the second batch: on the store, in no commit
+    # The second batch at least: on the store, in no commit (the encoder may have written later ones too).
+    assert len(staged) >= 1
     committed_ledger, orphan_ledger = ledger_path(APP_ID, positions[0]), ledger_path(APP_ID, positions[1])
     assert store.info(orphan_ledger) is not None
 
     now = lakesink.collect_garbage(table_uri, storage_options=storage_options)
-    assert (now.deleted, now.kept_young, now.kept_young_ledgers) == ((), 1, 1)
+    assert (now.deleted, now.kept_young, now.kept_young_ledgers) == ((), len(staged), 1)
 
     later = lakesink.collect_garbage(table_uri, storage_options=storage_options, clock=lambda: time.time() + 2 * 3600)
     assert [store_uri(table_uri, p) for p in later.orphan_files] == staged

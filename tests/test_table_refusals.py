@@ -24,7 +24,7 @@ import pytest
 from deltalake import DeltaTable
 
 import lakesink
-from tests.support.checks import assert_exactly_once, lakesink_status, table_version
+from tests.support.checks import assert_exactly_once, lakesink_status, table_files, table_version
 from tests.support.data import Dataset, write_ndjson_files
 from tests.support.fault_proxy import FaultProxy
 from tests.support.moto_server import MotoServer, start_moto_server
@@ -348,7 +348,7 @@ def test_an_expired_txn_a_checkpoint_dropped_is_still_caught_from_the_files_the_
     assert DeltaTable(uri).transaction_version(APP_ID) is None
     version = table_version(uri, None)
     done = ingest(dataset.directory, uri, cli_env({}))
-    assert_refused(done, "TableError", "expired", "data file(s) it committed", str(dataset.end_position))
+    assert_refused(done, "TableError", "expired", "data file(s) it committed", f"{len(table_files(uri, None))} data file(s)")
     assert table_version(uri, None) == version
     assert_exactly_once(uri, None, dataset.ids)
 

@@ -179,6 +179,27 @@ def parquet_files_on_store(uri: str, storage_options: Mapping[str, str] | None) 
     return sorted(f for f in found if f.endswith(".parquet") and "/_delta_log/" not in f)
 
 
+def assert_only_orphans_left_and_gc_clears_them(
+    uri: str, storage_options: Mapping[str, str] | None, env: Mapping[str, str] | None = None
+) -> int:
+    """After crashes: every Parquet object the snapshot does not name is an orphan that `lakesink gc`
+    (no grace period: no writer runs) deletes, leaving exactly the referenced files, all readable.
+    Returns how many orphans there were."""
+    referenced = table_files(uri, storage_options)
+    on_store = parquet_files_on_store(uri, storage_options)
+    assert set(referenced) <= set(on_store), f"referenced files missing from the store: {set(referenced) - set(on_store)}"
+    done = subprocess.run(
+        [sys.executable, "-m", "lakesink", "gc", uri, "--older-than", "0s", "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(env if env is not None else os.environ),
+        timeout=120,
+    )
+    assert done.returncode == 0, f"lakesink gc {uri} exited {done.returncode}: {done.stdout}{done.stderr}"
+    assert parquet_files_on_store(uri, storage_options) == referenced
+    return len(on_store) - len(referenced)
+
+
 def lakesink_status(uri: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> dict[str, object]:
     """`lakesink status URI --json`, run as a real subprocess."""
     done = subprocess.run(
