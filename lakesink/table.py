@@ -323,6 +323,8 @@ _REQUEST = re.compile(
     r"Error performing (?P<method>[A-Z]+) (?P<url>\S+) in (?P<elapsed>[^,\s]+)(?:, after (?P<retries>\d+) retries)?"
 )
 _STATUS = re.compile(r"^\s*(?:↳\s*)?(?P<status>[1-5]\d\d) (?P<reason>[A-Za-z][A-Za-z ]*)$", re.M)
+# object_store's LIST errors say it inline: "... - Server returned non-2xx status code: 503 Service Unavailable: <?xml..."
+_STATUS_INLINE = re.compile(r"status code: (?P<status>[1-5]\d\d) (?P<reason>[A-Za-z][A-Za-z ]*)")
 _S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _S3_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
 
@@ -342,7 +344,7 @@ def describe_store_error(text: str) -> str | None:
     prefix = parse_qs(url.query).get("prefix")
     if prefix:
         target = f"{url.path} (list {prefix[0]})"
-    status = _STATUS.search(text)
+    status = _STATUS.search(text) or _STATUS_INLINE.search(text)
     code, message = _S3_CODE.search(text), _S3_MESSAGE.search(text)
     if status is not None:
         answer = f"{status['status']} {code[1] if code else status['reason'].strip()}" + (f" ({message[1]})" if message else "")

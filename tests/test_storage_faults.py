@@ -38,6 +38,7 @@ import pytest
 from lakesink import CommitOutcomeUnknown, CommitPolicy, ConfigError, Sink, TransientError
 from lakesink.sources.files import FilePosition
 from lakesink.storage import RETRY_DEFAULTS, StorageOptions
+from lakesink.table import describe_store_error
 from tests.support.checks import assert_exactly_once, assert_prefix_exactly_once, log_operations, table_version
 from tests.support.data import Dataset, write_ndjson_files
 from tests.support.fault_proxy import DELTA_LOG_ENTRY, FaultProxy, ProxyEvent
@@ -469,3 +470,24 @@ def test_a_full_local_disk_while_staging_exits_75_leaves_the_table_unchanged_and
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert json.loads(rerun.stdout)["rows_written"] == 2000
     assert_exactly_once(uri, None, dataset.ids)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (  # a failed LIST: object_store puts the status inline, before the S3 error body
+            "Generic S3 error: Error performing list request: Error performing GET http://127.0.0.1:1/bkt?list-type=2"
+            "&prefix=t%2F_delta_log%2F in 220.1ms, after 2 retries, max_retries: 2, retry_timeout: 2s  - Server returned "
+            'non-2xx status code: 503 Service Unavailable: <?xml version="1.0" encoding="UTF-8"?>\n'
+            "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+            "GET /bkt (list t/_delta_log/): 503 SlowDown (Please reduce your request rate.), after 2 retries in 220.1ms",
+        ),
+        (  # a failed GET: the status on a line of its own in the error chain
+            "Error performing GET http://127.0.0.1:1/bkt/t/_delta_log/_last_checkpoint in 2.1s, after 5 retries\n"
+            "  ↳ 503 Service Unavailable\n<Error><Code>SlowDown</Code></Error>",
+            "GET /bkt/t/_delta_log/_last_checkpoint: 503 SlowDown, after 5 retries in 2.1s",
+        ),
+    ],
+)
+def test_a_store_error_is_described_in_one_line_naming_the_request_the_status_and_the_retries(raw: str, expected: str) -> None:
+    assert describe_store_error(raw) == expected
