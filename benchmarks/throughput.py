@@ -8,11 +8,14 @@
 
 Every measured run is a fresh process, timed and watched from here (see benchmarks/README.md):
 
-* `lakesink`: the real CLI, `lakesink ingest SRC TABLE --app-id bench --batch-rows N --json
-  --no-progress`; its time is the `seconds` the JSON report gives (the whole `ingest` call:
-  listing, reading, staging, commits), the process's wall time is kept as well;
+* `lakesink`: the real CLI at its defaults, `lakesink ingest SRC TABLE --app-id bench --format F
+  --json --no-progress` (commit interval, file size, in-flight budget and threads as lakesink
+  sets them; `--lakesink-args "..."` adds options to every lakesink run); its time is the
+  `seconds` the JSON report gives (the whole `ingest` call: listing, reading, encoding, commits),
+  the process's wall time is kept as well;
 * `raw`, `write_deltalake`, `dlt_arrow`, `dlt_dicts`: benchmarks/_baselines.py (what each does is
-  in its docstring), timed the same way from inside, imports excluded.
+  in its docstring), timed the same way from inside, imports excluded. The write_deltalake loop
+  commits once per source file (`--loop-batch-rows N`: every N rows instead).
 
 Each runs against a local-disk table and a moto S3 table (a real moto server in its own process),
 on the same seeded data (benchmarks/_dataset.py) in NDJSON, CSV and Parquet: 20 files per format.
@@ -22,7 +25,9 @@ spread over all of them. After every run the output is counted: it must hold eve
 Peak RSS is the process's high-water mark as the kernel keeps it (`ru_maxrss` from wait4, what
 /proc/PID/status shows as VmHWM), taken by a small go-between (benchmarks/_peak_rss.py says why);
 RSS is also sampled with psutil every 0.1 s, for a timeline and as a cross-check.
-The memory series ingests the first 1, 5 and 20 files (1x, 5x, 20x) with the same --batch-rows.
+The memory series ingests the first 1, 5 and 20 files (1x, 5x, 20x) with the same options. The
+full mode then runs benchmarks/memory_bound.py (5 GB of NDJSON against --in-flight; --no-memory-bound
+skips it).
 
 Output: benchmarks/results/throughput.json (machine, config, every run), throughput.md (the
 tables, also printed) and throughput.png (the chart).
@@ -34,6 +39,8 @@ import argparse
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -118,6 +125,7 @@ class Run:
     load_1m_at_start: float | None = None
     error: str | None = None
     rss_timeline: list[list[float]] = field(default_factory=list)  # [seconds since spawn, RSS MiB]
+    report: dict[str, Any] = field(default_factory=dict)  # the JSON it printed last (lakesink: commits, files_written...)
 
     @property
     def ok(self) -> bool:
@@ -161,6 +169,7 @@ def run_process(cmd: list[str], env: dict[str, str], run: Run, *, work_seconds: 
     except ValueError:
         run.error = f"no JSON report: {lines[-1][-300:]}"
         return
+    run.report = report
     run.seconds = work_seconds(report)
     run.rows = int(report.get("rows", report.get("rows_written", -1)))
 
@@ -249,16 +258,22 @@ class Store:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def lakesink_command(source: Path, table: str, fmt: str, batch_rows: int) -> list[str]:
+def lakesink_options(fmt: str, extra: list[str], *, app_id: str = "bench") -> list[str]:
+    """The options of every lakesink run: lakesink's defaults, plus `extra` (--lakesink-args)."""
+    return ["--app-id", app_id, "--format", fmt, *extra, "--json", "--no-progress"]
+
+
+def lakesink_command(source: Path, table: str, fmt: str, extra: list[str], *, app_id: str = "bench") -> list[str]:
     script = Path(sys.executable).with_name("lakesink")
     program = [str(script)] if script.exists() else [sys.executable, "-m", "lakesink"]
-    options = ["--app-id", "bench", "--format", fmt, "--batch-rows", str(batch_rows), "--json", "--no-progress"]
-    return [*program, "ingest", str(source), table, *options]
+    return [*program, "ingest", str(source), table, *lakesink_options(fmt, extra, app_id=app_id)]
 
 
-def baseline_command(kind: str, source: Path, dest: str, fmt: str, batch_rows: int, work_dir: Path) -> list[str]:
+def baseline_command(kind: str, source: Path, dest: str, fmt: str, loop_batch_rows: int | None, work_dir: Path) -> list[str]:
     script = Path(_baselines.__file__)
-    options = ["--format", fmt, "--batch-rows", str(batch_rows), "--work-dir", str(work_dir)]
+    options = ["--format", fmt, "--work-dir", str(work_dir)]
+    if loop_batch_rows is not None:
+        options += ["--batch-rows", str(loop_batch_rows)]
     return [sys.executable, str(script), kind, str(source), dest, *options]
 
 
@@ -273,16 +288,18 @@ def rows_in_output(kind: str, dest: str, options: dict[str, str]) -> int:
     return int(pc.sum(adds.column("num_records")).as_py() or 0)
 
 
-def measure(kind: str, data: DataSet, store: Store, repetition: int, batch_rows: int) -> Run:
+def measure(
+    kind: str, data: DataSet, store: Store, repetition: int, lakesink_args: list[str], loop_batch_rows: int | None
+) -> Run:
     """One run of `kind` over `data` into a fresh destination on `store`, checked afterwards."""
     run = Run(kind, data.format, store.name, repetition, len(data.files), data.rows, data.bytes)
     with store.destination() as dest:
         if kind == "lakesink":
-            cmd = lakesink_command(data.folder, dest, data.format, batch_rows)
+            cmd = lakesink_command(data.folder, dest, data.format, lakesink_args)
             run_process(cmd, store.env(), run, work_seconds=lambda r: float(r.get("seconds") or run.wall_s or 0))
         else:
             with tempfile.TemporaryDirectory(prefix="dlt-work-", dir=store.scratch) as work:
-                cmd = baseline_command(kind, data.folder, dest, data.format, batch_rows, Path(work))
+                cmd = baseline_command(kind, data.folder, dest, data.format, loop_batch_rows, Path(work))
                 run_process(cmd, store.env(), run, work_seconds=lambda r: float(r["seconds"]))
         if run.ok:
             try:
@@ -306,6 +323,11 @@ def summarize(runs: list[Run]) -> dict[str, Any] | None:
     seconds = [r.seconds for r in good if r.seconds is not None]
     rows, size = good[0].rows_expected, good[0].source_bytes
     median_s = statistics.median(seconds)
+
+    def reported(key: str) -> float | None:
+        values = [r.report[key] for r in good if isinstance(r.report.get(key), int | float)]
+        return statistics.median(values) if values else None
+
     return {
         "runs": len(good),
         "failed": len(runs) - len(good),
@@ -325,6 +347,8 @@ def summarize(runs: list[Run]) -> dict[str, Any] | None:
         "cpu_s_median": round(statistics.median(r.cpu_s for r in good if r.cpu_s is not None), 3),
         "peak_rss_mib_median": round(statistics.median(r.peak_rss_bytes for r in good if r.peak_rss_bytes) / 2**20, 1),
         "peak_rss_mib_max": round(max(r.peak_rss_bytes for r in good if r.peak_rss_bytes) / 2**20, 1),
+        "commits_median": reported("commits"),
+        "files_written_median": reported("files_written"),
     }
 
 
@@ -352,6 +376,39 @@ def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _count(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _lakesink_desc(cfg: dict[str, Any]) -> str:
+    if "batch_rows" in cfg:  # results written before lakesink's commit interval
+        return f"`--batch-rows {cfg['batch_rows']:,}`"
+    extra = cfg.get("lakesink_args") or []
+    return "lakesink's defaults" + (f" plus `{' '.join(extra)}`" if extra else "")
+
+
+def commits_per(cfg: dict[str, Any]) -> str:
+    """What each tool commits per, in words, for the table's header."""
+    if "batch_rows" in cfg:  # results written before lakesink's commit interval
+        return f"lakesink and the write_deltalake loop commit every {cfg['batch_rows']:,} rows (`--batch-rows`)."
+    defaults = cfg.get("lakesink_defaults") or {}
+    interval = defaults.get("--commit-interval", "?")
+    extra = cfg.get("lakesink_args") or []
+    mine = (
+        f"lakesink runs at its defaults (commits per `--commit-interval {interval}`, files of "
+        f"`--target-file-size {defaults.get('--target-file-size', '?')}`, `--in-flight {defaults.get('--in-flight', '?')}`, "
+        f"`--write-threads {defaults.get('--write-threads', '?')}`)"
+        + (f" plus `{' '.join(extra)}`" if extra else "")
+    )
+    loop = cfg.get("loop_batch_rows")
+    theirs = (
+        "the write_deltalake loop commits once per source file (its natural unit: each file read whole, then written)"
+        if loop is None
+        else f"the write_deltalake loop commits every {loop:,} rows (`--loop-batch-rows`)"
+    )
+    return f"{mine}; {theirs}."
+
+
 def markdown(result: dict[str, Any]) -> str:
     cfg, summary, memory = result["config"], result["summary"], result["memory"]
     sizes = ", ".join(f"{fmt} {mb:.0f} MB" for fmt, mb in cfg["source_mb"].items())
@@ -362,8 +419,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Measured {result['when']} ({cfg['mode']} mode) on {describe(result['machine'], packages=PACKAGES)}; "
         f"{load} (above {result['machine']['cores']}, the cores' count, other work shared the machine).",
         "",
-        f"{cfg['rows']:,} rows per format in {FILES} files ({sizes}); `--batch-rows {cfg['batch_rows']:,}`; {reps}, "
-        f"interleaved; dlt with dict rows reads the first {cfg['dicts_files']} files only "
+        f"{cfg['rows']:,} rows per format in {FILES} files ({sizes}); {reps}, interleaved. {commits_per(cfg)} "
+        f"dlt commits once per load; with dict rows it reads the first {cfg['dicts_files']} files only "
         f"({cfg['dicts_rows']:,} rows). Ratios are lakesink's rows/s over the other's (above 1: lakesink is faster).",
         "",
         "| source | store | lakesink rows/s | lakesink MB/s | vs raw pyarrow | vs dlt (arrow) | vs dlt (dicts) "
@@ -383,10 +440,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "Every run (seconds: median, min-max; rows/s and MB/s of source bytes at the median; peak RSS: median; "
-        "CPU: user + system of the whole process, imports included):",
+        "CPU: user + system of the whole process, imports included; commits and files: as the run reports them, median):",
         "",
-        "| source | store | run | rows | MB | seconds | rows/s | MB/s | peak RSS MiB | CPU s |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| source | store | run | rows | MB | seconds | rows/s | MB/s | peak RSS MiB | CPU s | commits | files |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for fmt in cfg["formats"]:
         for store in cfg["stores"]:
@@ -396,18 +453,19 @@ def markdown(result: dict[str, Any]) -> str:
                     failed = [r for r in result["runs"] if (r["format"], r["store"], r["kind"]) == (fmt, store, kind)]
                     if failed:
                         why = (failed[0].get("error") or "").splitlines()[-1:] or [""]
-                        lines.append(f"| {fmt} | {store} | {LABELS[kind]} | | | failed: {why[0][:80]} | | | | |")
+                        lines.append(f"| {fmt} | {store} | {LABELS[kind]} | | | failed: {why[0][:80]} | | | | | | |")
                     continue
                 lines.append(
                     f"| {fmt} | {store} | {LABELS[kind]} | {s['rows']:,} | {s['source_mb']:.0f} "
                     f"| {s['seconds_median']:.2f} ({s['seconds_min']:.2f}-{s['seconds_max']:.2f}) | {s['rows_per_s']:,} "
-                    f"| {s['mb_per_s']:.1f} | {s['peak_rss_mib_median']:.0f} | {s['cpu_s_median']:.1f} |"
+                    f"| {s['mb_per_s']:.1f} | {s['peak_rss_mib_median']:.0f} | {s['cpu_s_median']:.1f} "
+                    f"| {_count(s.get('commits_median'))} | {_count(s.get('files_written_median'))} |"
                 )
     if memory:
         scales = cfg["memory_scales"]
         lines += [
             "",
-            f"Peak RSS of `lakesink ingest` (local table, `--batch-rows {cfg['batch_rows']:,}`) against input size:",
+            f"Peak RSS of `lakesink ingest` (local table, {_lakesink_desc(cfg)}) against input size:",
             "",
             "| source | " + " | ".join(f"{k}x" for k in scales) + " |",
             "| --- | " + " | ".join("---:" for _ in scales) + " |",
@@ -459,7 +517,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
     mem.set_ylim(bottom=0)
     mem.set_xlabel("input size, MB (log)")
     mem.set_ylabel("peak RSS, MiB")
-    mem.set_title(f"lakesink ingest peak RSS, --batch-rows {cfg['batch_rows']:,}")
+    mem.set_title(f"lakesink ingest peak RSS, {_lakesink_desc(cfg).replace('`', '')}")
     mem.legend(fontsize=8)
     mem.grid(alpha=0.3)
 
@@ -537,11 +595,24 @@ def sources_digest(package: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def profile_ndjson(data: DataSet, scratch: Path, batch_rows: int, out: Path) -> None:
+def lakesink_defaults(cwd: Path) -> dict[str, str]:
+    """`--option: default` as the measured lakesink's `ingest --help` gives them (e.g. --commit-interval: 1GB,60s)."""
+    cmd = [sys.executable, "-m", "lakesink", "ingest", "--help"]
+    text = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"}).stdout
+    defaults = {}
+    for entry in re.split(r"\n\s{2}(?=-)", text):
+        flat = " ".join(entry.split())
+        found = re.search(r"\[default: ([^;\]]+)", flat)
+        if flat.startswith("--") and found:
+            defaults[flat.split()[0].split("/")[0]] = found.group(1).strip()
+    return defaults
+
+
+def profile_ndjson(data: DataSet, scratch: Path, lakesink_args: list[str], out: Path) -> None:
     """pyinstrument over one `lakesink ingest` of the NDJSON data set (local table)."""
     table = scratch / "profiled"
     profiler = [sys.executable, "-m", "pyinstrument", "--renderer", "text", "--outfile", str(out)]
-    ingest = ["ingest", str(data.folder), str(table), "--app-id", "bench", "--batch-rows", str(batch_rows), "--no-progress"]
+    ingest = ["ingest", str(data.folder), str(table), "--app-id", "bench", *lakesink_args, "--no-progress"]
     cmd = [*profiler, "-m", "lakesink", *ingest]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=scratch)
     shutil.rmtree(table, ignore_errors=True)
@@ -553,7 +624,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.rows_per_file:,} rows per file, one run each")
     parser.add_argument("--rows-per-file", type=int, help=f"default {FULL.rows_per_file:,} ({FILES} files per format)")
     parser.add_argument("--repeat", type=int, help=f"runs of each kind (default {FULL.repeat}; --quick {QUICK.repeat})")
-    parser.add_argument("--batch-rows", type=int, default=100_000, help="lakesink --batch-rows and rows per write_deltalake call")
+    parser.add_argument(
+        "--lakesink-args",
+        default="",
+        help='extra options for every lakesink ingest run, e.g. "--write-threads 2" (default: none)',
+    )
+    parser.add_argument(
+        "--loop-batch-rows",
+        type=int,
+        help="rows per write_deltalake call in the loop baseline (default: one call per source file)",
+    )
+    parser.add_argument(
+        "--no-memory-bound", action="store_true", help="full mode: skip benchmarks/memory_bound.py (5 GB NDJSON) at the end"
+    )
     parser.add_argument("--dicts-files", type=int, help=f"files dlt with dict rows reads (default {FULL.dicts_files} of {FILES})")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of ndjson,csv,parquet")
     parser.add_argument("--stores", default=",".join(STORES), help="comma-separated subset of local,s3")
@@ -578,11 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     formats = [f for f in args.formats.split(",") if f]
     stores = [s for s in args.stores.split(",") if s]
     kinds = [k for k in args.kinds.split(",") if k]
+    lakesink_args = shlex.split(args.lakesink_args)
     for name, chosen, allowed in (("format", formats, FORMATS), ("store", stores, STORES), ("kind", kinds, KINDS)):
         if unknown := set(chosen) - set(allowed):
             parser.error(f"unknown {name}(s): {', '.join(sorted(unknown))}")
 
     started = time.perf_counter()
+    pythonpath_before = os.environ.get("PYTHONPATH")
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     print(f"data: {FILES} files x {rows_per_file:,} rows per format in {args.cache}", file=sys.stderr, flush=True)
     datasets = ensure(args.cache, files=FILES, rows_per_file=rows_per_file)
@@ -600,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             imported = subprocess.run(check, cwd=scratch, capture_output=True, text=True, check=True).stdout.strip()
             if not imported.startswith(str(scratch / "measured")):
                 raise SystemExit(f"the runs would import lakesink from {imported}, not from the copy taken now")
+            defaults = lakesink_defaults(scratch)
             store_by_name = {name: Store(name, scratch, server if name == "s3" else None) for name in stores}
             local = store_by_name.get("local") or Store("local", scratch, None)
             for fmt in formats:
@@ -610,16 +696,16 @@ def main(argv: list[str] | None = None) -> int:
                     for store in stores:
                         for kind in kinds:
                             data = dicts_data if kind == "dlt_dicts" else full
-                            run = measure(kind, data, store_by_name[store], rep, args.batch_rows)
+                            run = measure(kind, data, store_by_name[store], rep, lakesink_args, args.loop_batch_rows)
                             runs.append(run)
                             progress.tick(run)
                     for data in subsets.values():
-                        run = measure("lakesink", data, local, rep, args.batch_rows)
+                        run = measure("lakesink", data, local, rep, lakesink_args, args.loop_batch_rows)
                         run.store = "local"
                         runs.append(run)
                         progress.tick(run)
             if args.profile and "ndjson" in formats:
-                profile_ndjson(datasets["ndjson"], scratch, args.batch_rows, args.out.with_name("throughput_profile.txt"))
+                profile_ndjson(datasets["ndjson"], scratch, lakesink_args, args.out.with_name("throughput_profile.txt"))
     finally:
         if server is not None:
             server.stop()
@@ -658,7 +744,11 @@ def main(argv: list[str] | None = None) -> int:
             "rows_per_file": rows_per_file,
             "rows": rows_per_file * FILES,
             "repeat": repeat,
-            "batch_rows": args.batch_rows,
+            "lakesink_args": lakesink_args,
+            "lakesink_options": lakesink_options("FORMAT", lakesink_args),
+            "lakesink_defaults": defaults,
+            "loop_batch_rows": args.loop_batch_rows,
+            "loop_commits_per": "source file" if args.loop_batch_rows is None else f"{args.loop_batch_rows} rows",
             "dicts_files": dicts_files,
             "dicts_rows": rows_per_file * dicts_files,
             "formats": formats,
@@ -680,7 +770,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {r.format} {r.store} {r.kind} #{r.repetition + 1}: {r.error}", file=sys.stderr)
     outputs = ", ".join(str(p) for p in (args.out, args.out.with_suffix(".md"), args.out.with_suffix(".png")))
     print(f"results: {outputs} ({time.perf_counter() - started:.0f} s)")
-    return 1 if failed else 0
+    code = 1 if failed else 0
+    if not args.quick and not args.no_memory_bound and "lakesink" in kinds:
+        cmd = [sys.executable, str(Path(__file__).with_name("memory_bound.py")), "--lakesink-args", args.lakesink_args]
+        print(f"memory bound: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+        env = {**os.environ}
+        if pythonpath_before is None:
+            env.pop("PYTHONPATH", None)
+        else:
+            env["PYTHONPATH"] = pythonpath_before
+        code = max(code, subprocess.run(cmd, env=env, check=False).returncode)
+    return code
 
 
 if __name__ == "__main__":
