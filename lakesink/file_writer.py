@@ -80,7 +80,11 @@ class GroupFiles:
                 if current is None:
                     current = self._start(values, part.schema)
                 piece = part.slice(offset, step)
-                current.writer.write_table(piece, row_group_size=piece.num_rows)
+                try:
+                    current.writer.write_table(piece, row_group_size=piece.num_rows)
+                except OSError as exc:
+                    self._fail(values, exc)
+                    raise
                 current.rows += piece.num_rows
                 if current.stream.tell() >= self.target_bytes:
                     self._finish(values)
@@ -116,14 +120,23 @@ class GroupFiles:
         self._open[values] = opened
         return opened
 
-    def _finish(self, values: tuple[tuple[str, str | None], ...]) -> None:
+    def _fail(self, values: tuple[tuple[str, str | None], ...], exc: BaseException) -> None:
+        """Drop the partition's file after `exc`; raises the store's error for it (StorageUnavailable for
+        a full disk or an unreachable store) when `exc` is an I/O error."""
         current = self._open.pop(values)
+        with contextlib.suppress(Exception):
+            current.writer.close()
+        current.context.__exit__(type(exc), exc, exc.__traceback__)
+
+    def _finish(self, values: tuple[tuple[str, str | None], ...]) -> None:
+        current = self._open[values]
         try:
             current.writer.close()
             size = current.stream.tell()
         except BaseException as exc:
-            current.context.__exit__(type(exc), exc, exc.__traceback__)
+            self._fail(values, exc)
             raise
+        del self._open[values]
         current.context.__exit__(None, None, None)
         self._done.append(
             StagedFile(
