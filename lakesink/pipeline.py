@@ -135,6 +135,7 @@ class Pipeline(Generic[S]):
         self._inboxes: list[queue.Queue[_Rows | _Seal[S] | None]] = [queue.Queue() for _ in range(max(1, encoders))]
         self._out: queue.Queue[tuple[int, int, list[StagedFile], S] | BaseException | None] = queue.Queue()
         self._idle_every = idle_every
+        self._reader_error: BaseException | None = None
         self._next = 0
         self._threads = [threading.Thread(target=self._read, name="lakesink-read", daemon=True)]
         self._threads += [
@@ -158,7 +159,11 @@ class Pipeline(Generic[S]):
             thread.join()
 
     def sealed(self, on_idle: Callable[[], None] | None = None) -> Iterator[Sealed[S]]:
-        """Sealed groups in order, as their files are finished; raises what a thread raised."""
+        """Sealed groups in order, as their files are finished; raises what a thread raised.
+
+        An encoder's error is raised at once; the reader's (a bad record, say) after every group
+        it sealed before it.
+        """
         reports: dict[int, list[tuple[list[StagedFile], S]]] = {}
         wanted = 0
         finished_encoders = 0
@@ -174,6 +179,8 @@ class Pipeline(Generic[S]):
             if item is None:
                 finished_encoders += 1
                 if finished_encoders == len(self._inboxes):
+                    if self._reader_error is not None:
+                        raise self._reader_error
                     return
                 continue
             index, _, files, info = item
@@ -189,8 +196,8 @@ class Pipeline(Generic[S]):
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            self._out.put(exc)
-            self._stop.set()
+            # Raised after the groups sealed before it: they are whole and may be committed.
+            self._reader_error = exc
         for inbox in self._inboxes:
             inbox.put(None)
 

@@ -263,3 +263,25 @@ def test_an_encoder_error_reaches_the_caller_and_stops_the_reader(tmp_path: Path
     with pytest.raises(lakesink.StorageUnavailable, match="went away"), pipeline:
         list(pipeline.sealed())
     assert len(produced) < 1_000  # the reader stopped early
+
+
+def test_a_reader_error_comes_after_the_groups_sealed_before_it_so_they_can_still_be_committed(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "t"), StorageOptions.resolve({}))
+
+    def produce(emit: Emitter[int]) -> None:
+        for group in range(2):
+            emit.rows(pa.table({"x": [group]}), group_start=group - 1)
+            emit.seal(group)
+        emit.rows(pa.table({"x": [2]}), group_start=1)
+        raise lakesink.BadRecord("record 3 is bad")
+
+    got = []
+    pipeline: Pipeline[int] = Pipeline(
+        produce, lambda start: GroupFiles(store, app_id="p", start_position=start, partition_by=()), encoders=2, in_flight_bytes=1
+    )
+    with pytest.raises(lakesink.BadRecord, match="record 3"), pipeline:
+        for sealed in pipeline.sealed():
+            got.append((sealed.info, [f.num_records for f in sealed.files]))
+    assert got == [(0, [1]), (1, [1])]
+    # The unsealed group's file was dropped: only the two sealed files are on the store.
+    assert len([p for p in (tmp_path / "t").rglob("*") if p.is_file()]) == 2
