@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import time
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -173,7 +174,11 @@ def main(verbose: int) -> None:
 )
 @click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=_STORAGE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress on stderr: a bar on a terminal, a line every 10 s otherwise (default: on when stderr is a terminal).",
+)
 def ingest_command(
     source: str,
     table: str,
@@ -233,10 +238,12 @@ def ingest_command(
     }
     if max_record_bytes is not None:
         options["max_record_bytes"] = max_record_bytes
-    show_bar = sys.stderr.isatty() if progress is None else progress
+    show = sys.stderr.isatty() if progress is None else progress
     try:
-        if show_bar and not as_json:
+        if show and sys.stderr.isatty() and not as_json:
             report = _ingest_with_bar(source, table, options)
+        elif show:
+            report = ingest(source, table, on_progress=_ProgressLines(), **options)
         else:
             report = ingest(source, table, **options)
     except LakesinkError as exc:
@@ -247,6 +254,26 @@ def ingest_command(
         click.echo(report.summary())
 
 
+class _ProgressLines:
+    """Progress for a log (stderr not a terminal, e.g. a Kubernetes pod): a line now and then."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._last: float | None = None
+
+    def __call__(self, p: IngestProgress) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self._every:
+            return
+        self._last = now
+        share = f"{100 * p.bytes_done / p.bytes_total:.0f}% " if p.bytes_total else ""
+        click.echo(
+            f"ingest: {share}({p.bytes_done:,} of {p.bytes_total:,} bytes), {p.records_read:,} records read, "
+            f"{p.rows_written:,} rows committed in {p.commits} commits",
+            err=True,
+        )
+
+
 def _ingest_with_bar(source: str, table: str, options: dict[str, Any]) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -254,14 +281,14 @@ def _ingest_with_bar(source: str, table: str, options: dict[str, Any]) -> Any:
         TextColumn("[bold]ingest"),
         BarColumn(),
         DownloadColumn(),
-        TextColumn("{task.fields[rows]} rows"),
+        TextColumn("{task.fields[read]:,} records read, {task.fields[rows]:,} committed"),
         TimeRemainingColumn(),
         transient=True,
     ) as bar:
-        task = bar.add_task("ingest", total=None, rows=0)
+        task = bar.add_task("ingest", total=None, rows=0, read=0)
 
         def update(p: IngestProgress) -> None:
-            bar.update(task, total=p.bytes_total, completed=p.bytes_done, rows=p.rows_written)
+            bar.update(task, total=p.bytes_total, completed=p.bytes_done, rows=p.rows_written, read=p.records_read)
 
         return ingest(source, table, on_progress=update, **options)
 

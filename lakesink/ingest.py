@@ -114,13 +114,19 @@ class WriteConfig:
 
 @dataclass(frozen=True, slots=True)
 class IngestProgress:
-    """Sent after every batch: how far the run is (bytes of source files done, of the total)."""
+    """Sent after every commit and twice a second in between: how far the run is.
+
+    `bytes_done` counts the source files read to their end, of `bytes_total`; `records_read` the
+    records read so far (some not committed yet); `rows_written` and `commits` what is committed;
+    `position` the source position read up to.
+    """
 
     bytes_done: int
     bytes_total: int
     rows_written: int
     commits: int
     position: int | None
+    records_read: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +349,7 @@ class _Run:
         self.bytes_written = 0
         self._bytes_total = sum(f.size for f in files.files)
         self._read_upto = FilePosition(0, 0)  # set by the reader thread, read for progress
+        self._records_read = 0  # likewise
 
     def resume_point(self) -> FilePosition:
         committed = self.sink.committed_position()
@@ -432,7 +439,9 @@ class _Run:
         self.files_read = max(self.files_read, end.covered_files())
         if self.on_progress is not None:
             done = sum(f.size for f in self.files.files[: end.file_index])
-            self.on_progress(IngestProgress(done, self._bytes_total, self.rows_written, self.commits, end.encode()))
+            self.on_progress(
+                IngestProgress(done, self._bytes_total, self.rows_written, self.commits, end.encode(), self._records_read)
+            )
 
     def _produce(self, start: FilePosition, schema: pa.Schema | None, first: int, emit: Emitter[_Group]) -> None:
         """The reader thread: records from `start` on, fitted, cut into commit groups and sent on.
@@ -482,6 +491,7 @@ class _Run:
                 if cutter.over(interval):
                     cutter.seal(_end_of(chunk, chunk.row_end), schema, next_file=chunk.last)
             self._read_upto = _end_of(chunk, chunk.row_end)
+            self._records_read += chunk.records
         if cutter.touched and (schema is not None or cutter.rejected):
             # The tail: a partial group, or empty files after the last full group.
             cutter.seal(FilePosition(cutter.touched[-1] + 1, 0), schema, next_file=True)

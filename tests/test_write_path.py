@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import random
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -285,3 +287,23 @@ def test_a_reader_error_comes_after_the_groups_sealed_before_it_so_they_can_stil
     assert got == [(0, [1]), (1, [1])]
     # The unsealed group's file was dropped: only the two sealed files are on the store.
     assert len([p for p in (tmp_path / "t").rglob("*") if p.is_file()]) == 2
+
+
+def test_progress_reports_records_read_and_rows_committed_up_to_the_whole_source(tmp_path: Path) -> None:
+    data = write_ndjson_files(tmp_path / "src", files=3, rows_per_file=400)
+    seen: list[lakesink.IngestProgress] = []
+    lakesink.ingest(str(data.directory), str(tmp_path / "lake"), app_id="p", batch_rows=500, on_progress=seen.append)
+    last = seen[-1]
+    assert (last.records_read, last.rows_written, last.commits) == (1_200, 1_200, 3)
+    assert last.bytes_done == last.bytes_total == sum(p.stat().st_size for p in data.directory.iterdir())
+    for earlier, later in itertools.pairwise(seen):
+        assert later.rows_written >= earlier.rows_written and later.records_read >= earlier.records_read
+        assert later.rows_written <= later.records_read
+
+
+def test_progress_asked_for_without_a_terminal_is_written_as_log_lines(tmp_path: Path) -> None:
+    data = write_ndjson_files(tmp_path / "src", files=2, rows_per_file=300)
+    done = run_cli("ingest", str(data.directory), str(tmp_path / "lake"), "--app-id", "bar", "--progress")
+    assert done.returncode == 0, done.stderr
+    assert "600 rows" in done.stdout
+    assert re.search(r"^ingest: \d+% \([\d,]+ of [\d,]+ bytes\), [\d,]+ records read, [\d,]+ rows committed", done.stderr, re.M)
