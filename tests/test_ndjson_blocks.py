@@ -1,0 +1,196 @@
+"""The NDJSON reader's blocks: blank lines, CRLF, line ends at read boundaries, record counts and positions.
+
+Read through FileSource (no table), so what is checked is what ingest gets: each chunk's record
+range, its rows, and the records it rejects with their line and byte offset.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+import lakesink
+from lakesink.sources import ndjson
+from lakesink.sources.files import Chunk, FilePosition, FileSource
+
+
+def read(src: Path, *, quarantine: bool = False, max_record_bytes: int = 8 << 20, start: int = 0) -> list[Chunk]:
+    return list(
+        FileSource(str(src), max_record_bytes=max_record_bytes).chunks(FilePosition(0, start), schema=None, quarantine=quarantine)
+    )
+
+
+def ids(chunks: list[Chunk]) -> list[int]:
+    return [i for c in chunks if c.table.num_columns for i in c.table.column("id").to_pylist()]
+
+
+def assert_contiguous(chunks: list[Chunk], start: int, end: int) -> None:
+    """Chunks cover records [start, end) of the file, in order, with no gap or overlap."""
+    assert chunks[0].row_start == start and chunks[-1].row_end == end and chunks[-1].last
+    for before, after in pairwise(chunks):
+        assert before.row_end == after.row_start
+
+
+def record(i: int) -> bytes:
+    return json.dumps({"id": i, "name": f"n{i}"}).encode()
+
+
+@pytest.mark.parametrize("max_record_bytes", [8 << 20, 64, 40])
+def test_whitespace_only_lines_are_not_records_wherever_they_are(tmp_path: Path, max_record_bytes: int) -> None:
+    # Blank lines: empty, spaces, tabs, a lone CR, several in a row, first in the file, and a last
+    # line of spaces without a line end; small limits put them at block starts and ends too.
+    lines = [b"  ", record(0), b"", b"", b"\t \t", record(1), b" \r", record(2), b"\r", b"", record(3), b"   "]
+    (tmp_path / "a.ndjson").write_bytes(b"\n".join(lines))
+    chunks = read(tmp_path, max_record_bytes=max_record_bytes)
+    assert ids(chunks) == [0, 1, 2, 3]
+    assert_contiguous(chunks, 0, 4)
+    assert not any(c.rejected for c in chunks)
+
+
+def test_a_record_after_blank_lines_is_named_by_its_own_line_and_offset(tmp_path: Path) -> None:
+    # The blank lines start with a space (so the reader counts them exactly): the bad record is
+    # still record 2, on line 6, at its own byte offset.
+    data = record(0) + b"\n \n\t\n" + record(1) + b"\n\n" + b"not json\n" + record(3) + b"\n"
+    (tmp_path / "a.ndjson").write_bytes(data)
+    chunks = read(tmp_path, quarantine=True)
+    assert_contiguous(chunks, 0, 4)
+    rejected = [r for c in chunks for r in c.rejected]
+    assert [(r.record, r.line, r.byte_offset, r.raw) for r in rejected] == [(2, 6, data.index(b"not json"), "not json")]
+    assert ids(chunks) == [0, 1, 3]
+    with pytest.raises(lakesink.BadRecord, match=rf"a\.ndjson:6: not valid JSON .*record at byte offset {data.index(b'not')}\)"):
+        read(tmp_path)
+
+
+def test_crlf_lines_are_read_without_their_cr_and_blank_crlf_lines_are_skipped(tmp_path: Path) -> None:
+    lines = [record(0), b"", record(1), b" ", record(2), b"\t", b"", record(3)]
+    (tmp_path / "a.ndjson").write_bytes(b"\r\n".join(lines) + b"\r\n")
+    chunks = read(tmp_path)
+    assert ids(chunks) == [0, 1, 2, 3]
+    assert [n for c in chunks for n in c.table.column("name").to_pylist()] == ["n0", "n1", "n2", "n3"]
+    assert_contiguous(chunks, 0, 4)
+
+
+def test_crlf_file_with_small_blocks_counts_every_record_once(tmp_path: Path) -> None:
+    lines = [b"" if i % 7 == 3 else record(i) for i in range(60)]
+    (tmp_path / "a.ndjson").write_bytes(b"\r\n".join(lines) + b"\r\n")
+    chunks = read(tmp_path, max_record_bytes=100)
+    expected = [i for i in range(60) if i % 7 != 3]
+    assert ids(chunks) == expected
+    assert_contiguous(chunks, 0, len(expected))
+    assert len(chunks) > 5  # many blocks: blank CRLF lines met at block edges too
+
+
+def test_two_objects_on_one_line_are_one_bad_record_not_two_records(tmp_path: Path) -> None:
+    data = record(0) + b"\n" + record(1) + record(2) + b"\n" + record(3) + b"\n"
+    (tmp_path / "a.ndjson").write_bytes(data)
+    chunks = read(tmp_path, quarantine=True)
+    assert_contiguous(chunks, 0, 3)  # three lines, three records
+    [bad] = [r for c in chunks for r in c.rejected]
+    assert (bad.record, bad.line, bad.byte_offset) == (1, 2, len(record(0)) + 1)
+    assert bad.reason.startswith("not valid JSON (Extra data")
+    assert ids(chunks) == [0, 3]
+    with pytest.raises(lakesink.BadRecord, match=r"a\.ndjson:2: not valid JSON \(Extra data"):
+        read(tmp_path)
+
+
+def test_a_blank_line_does_not_hide_two_objects_on_another_line(tmp_path: Path) -> None:
+    # pyarrow reads 3 objects; the block has 3 lines but only 2 non-blank: the counts differ, so
+    # the block goes through the per-line reader, which refuses the line of two objects.
+    data = record(0) + record(1) + b"\n\n" + record(2) + b"\n"
+    (tmp_path / "a.ndjson").write_bytes(data)
+    chunks = read(tmp_path, quarantine=True)
+    assert_contiguous(chunks, 0, 2)
+    assert [(r.record, r.line) for c in chunks for r in c.rejected] == [(0, 1)]
+    assert ids(chunks) == [2]
+
+
+def test_an_object_spread_over_lines_is_a_bad_record_per_line(tmp_path: Path) -> None:
+    data = record(0) + b'\n{"id": 1,\n "name": "x"}\n' + record(3) + b"\n"
+    (tmp_path / "a.ndjson").write_bytes(data)
+    chunks = read(tmp_path, quarantine=True)
+    assert_contiguous(chunks, 0, 4)
+    assert [(r.record, r.line, r.raw) for c in chunks for r in c.rejected] == [
+        (1, 2, '{"id": 1,'),
+        (2, 3, ' "name": "x"}'),
+    ]
+    assert ids(chunks) == [0, 3]
+
+
+def test_records_across_the_8_mib_read_boundary_are_read_whole_and_once(tmp_path: Path) -> None:
+    # ~9 MiB of records with a blank line of spaces here and there: the first read ends mid-record.
+    lines = []
+    for i in range(90_000):
+        lines.append(json.dumps({"id": i, "name": "x" * (50 + i % 100)}).encode())
+        if i % 10_000 == 5:
+            lines.append(b"  ")
+    data = b"\n".join(lines) + b"\n"
+    assert len(data) > 8 << 20 and data[(8 << 20) - 1 : (8 << 20) + 1] != b"\n"
+    (tmp_path / "a.ndjson").write_bytes(data)
+    chunks = read(tmp_path)
+    assert len(chunks) == 2
+    assert ids(chunks) == list(range(90_000))
+    assert_contiguous(chunks, 0, 90_000)
+    straddling = chunks[1].row_start  # the first record of the second block began in the first read
+    assert [len(n) for n in chunks[1].table.column("name").to_pylist()[:1]] == [50 + straddling % 100]
+    resumed = read(tmp_path, start=straddling)
+    assert ids(resumed) == list(range(straddling, 90_000))
+
+
+def test_a_line_longer_than_a_read_is_put_together_from_its_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads of 16 bytes under a limit of 200: a 150-byte record spans ten reads.
+    monkeypatch.setattr(ndjson, "_READ_BYTES", 16)
+    long = json.dumps({"id": 1, "name": "y" * 120}).encode()
+    data = record(0) + b"\n" + long + b"\n \n" + record(2) + b"\n" + long.replace(b'"id": 1', b'"id": 3')
+    (tmp_path / "a.ndjson").write_bytes(data)
+    chunks = read(tmp_path, max_record_bytes=200)
+    assert ids(chunks) == [0, 1, 2, 3]
+    assert_contiguous(chunks, 0, 4)
+    assert chunks[-1].table.column("name").to_pylist()[-1] == "y" * 120
+
+
+def test_a_record_over_the_limit_is_named_by_line_and_offset(tmp_path: Path) -> None:
+    data = record(0) + b"\n\n" + record(1) + b"\n" + b'{"id": 2, "name": "' + b"z" * 100 + b'"}\n' + record(3) + b"\n"
+    (tmp_path / "a.ndjson").write_bytes(data)
+    offset = data.index(b'{"id": 2')
+    with pytest.raises(lakesink.BadRecord) as raised:
+        read(tmp_path, max_record_bytes=64)
+    assert str(raised.value) == (
+        f"{tmp_path / 'a.ndjson'}:4: the record at byte offset {offset} is longer than the record size limit "
+        "of 64 bytes (the reader's block size). If it is one record, raise the limit: --max-record-bytes BYTES "
+        "(API: max_record_bytes=BYTES); if it is several, the line ends are missing. Nothing was committed from its batch."
+    )
+    assert ids(read(tmp_path, max_record_bytes=128)) == [0, 1, 2, 3]
+
+
+def test_a_file_of_blank_lines_has_no_records(tmp_path: Path) -> None:
+    (tmp_path / "a.ndjson").write_bytes(b" \n\n\t\r\n" * 50 + b"  ")
+    chunks = read(tmp_path, max_record_bytes=32)
+    assert [(c.row_start, c.row_end, c.last, c.table.num_rows) for c in chunks] == [(0, 0, True, 0)]
+
+
+def test_count_records_fast_check_agrees_with_the_exact_count() -> None:
+    # The usual block skips the exact blank-line count; each case here must still count right.
+    cases = {
+        b"": 0,
+        b"{}\n": 1,
+        b"{}": 1,
+        b"{}\n{}": 2,
+        b"{}\n\n{}\n": 2,
+        b"{}\n\n\n{}\n": 2,
+        b"\n{}\n": 1,
+        b"\n\n{}\n": 1,
+        b" \n{}\n": 1,
+        b"{}\n \n": 1,
+        b"{}\n  ": 1,
+        b"{}\r\n\r\n{}\r\n": 2,
+        b"{}\r\n \r\n": 1,
+        b"{}\n\t{}\n": 2,  # an indented record is still a record
+        b"\t": 0,
+        b"  {}": 1,
+    }
+    for data, records in cases.items():
+        block = bytearray(data)
+        assert ndjson._count_records(block, data.count(b"\n")) == records, data
