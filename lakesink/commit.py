@@ -210,21 +210,30 @@ def _refresh_or_unknown(
 
 
 def _post_commit_hooks(handle: TableHandle, read_version: int) -> PostCommitHookProperties:
-    """Checkpoint as the table says, and clean up expired log entries on one commit in an interval.
+    """Checkpoint as the table says, and clean up expired log entries once in `_CLEANUP_EVERY` checkpoints.
 
     Left to the table config, delta-rs runs the expired-log cleanup in *every* commit's post-commit
-    hook, and that cleanup LISTs the whole `_delta_log`: a commit then costs more with every commit
-    before it (benchmarks/commit_cost.py: 2.1x slower at commit 400 than at 1-30 on S3). Delta's own
-    writers clean up after a checkpoint, the only thing that makes older entries expendable, so ask
-    for it (as the table's `delta.enableExpiredLogCleanup` says) only on the commit expected to
-    write the checkpoint: delta-rs checkpoints version v when (v + 1) % interval == 0, and this
-    commit becomes read_version + 1 unless another writer got in first. Then the cleanup just runs
-    on another commit; it is safe on any commit, since it only removes entries that are older than
-    the table's log retention and covered by a checkpoint.
+    hook, and that cleanup LISTs the whole `_delta_log` (no start-after: every entry the table keeps,
+    on every store): a commit then costs more with every commit before it (benchmarks/commit_cost.py:
+    2.1x slower at commit 400 than at 1-30 on S3). Delta's own writers clean up after a checkpoint,
+    the only thing that makes older entries expendable, so ask for it (as the table's
+    `delta.enableExpiredLogCleanup` says) only on a commit expected to write a checkpoint: delta-rs
+    checkpoints version v when (v + 1) % interval == 0, and this commit becomes read_version + 1
+    unless another writer got in first. Even there the full LIST grows with the log (at 5,000 kept
+    entries it cost a checkpoint commit about as much as the checkpoint itself), so only one
+    checkpoint commit in `_CLEANUP_EVERY` asks for it: entries past the retention stay at most
+    `_CLEANUP_EVERY` x interval commits longer (retention is a minimum, never a promise to delete).
+    If another writer takes that version, the cleanup just runs on a later one; it is safe on any
+    commit, since it only removes entries older than the table's log retention and covered by a
+    checkpoint.
     """
     interval = _checkpoint_interval(handle)
-    cleanup: bool | None = None if (read_version + 2) % interval == 0 else False
+    cleanup: bool | None = None if (read_version + 2) % (interval * _CLEANUP_EVERY) == 0 else False
     return PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=cleanup)
+
+
+# One checkpoint commit in this many also runs the expired-log cleanup (see _post_commit_hooks).
+_CLEANUP_EVERY = 10
 
 
 def _checkpoint_interval(handle: TableHandle) -> int:

@@ -1,8 +1,13 @@
 """Open, create and refresh a Delta table, and read its `txn` positions without replaying history.
 
 One `TableHandle` stays open for the life of a `Sink`: after each commit it refreshes the snapshot
-incrementally (only new log entries are read), so the cost of a commit does not grow with the
-number of commits before it.
+incrementally (only the new log entries are read; `txn` positions come from a per-version cache),
+so a commit reads no more of the log as the history grows. Two costs inside delta-rs still grow
+(benchmarks/commit_cost.py, to 5,000 commits): delta-rs LISTs `_delta_log` three times per commit
+(before the log PUT, in its post-commit snapshot update, and in the refresh), which costs per entry
+kept in `_delta_log` on local disk (object_store walks the whole directory) and on moto, but not on
+S3, whose start-after listing returns only the newer entries; and each snapshot update re-processes
+the file metadata (stats) of every live file.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from lakesink.storage import StorageOptions, open_store, redact, visible_entries
 log = logging.getLogger(__name__)
 
 # delta-rs writes a checkpoint every `delta.checkpointInterval` commits in its post-commit hook.
-# Frequent checkpoints keep log replay (refresh, `transaction_version`) short; a checkpoint's own
-# cost grows with the number of live files, so this is a balance (see benchmarks/commit_cost.py).
+# Frequent checkpoints keep log replay short: delta-rs's snapshot update (in every commit and
+# refresh) replays the log entries after the last checkpoint, and `transaction_version` (on a cache
+# miss) GETs them all. A checkpoint's own cost grows with the number of live files, but it is paid
+# once per interval and never moves the median commit (see benchmarks/commit_cost.py).
 DEFAULT_CHECKPOINT_INTERVAL = 20
 
 # The Delta writer protocol lakesink can append to. lakesink commits Parquet files it wrote itself
