@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --quick       # 250k rows per format (~46 MB in all), one run each (~1 minute)
     python benchmarks/throughput.py               # 7.5M rows per format (~1.4 GB in all), median of 3 (~25 minutes)
     python benchmarks/throughput.py --rows-per-file 500000 --formats ndjson --stores local
-    python benchmarks/throughput.py --profile     # also: pyinstrument over one lakesink NDJSON run
+    python benchmarks/throughput.py --profile     # also: py-spy over one lakesink NDJSON run (all threads)
 
 Every measured run is a fresh process, timed and watched from here (see benchmarks/README.md):
 
@@ -609,14 +609,45 @@ def lakesink_defaults(cwd: Path) -> dict[str, str]:
 
 
 def profile_ndjson(data: DataSet, scratch: Path, lakesink_args: list[str], out: Path) -> None:
-    """pyinstrument over one `lakesink ingest` of the NDJSON data set (local table)."""
+    """py-spy over one `lakesink ingest` of the NDJSON data set (local table), every thread sampled.
+
+    lakesink's work runs on its pipeline's threads (reader, encoders), which pyinstrument, a
+    main-thread profiler, does not see. py-spy samples each thread's Python stack; time inside
+    pyarrow shows as the Python call that entered it, and pyarrow's own pool threads (JSON parsing)
+    are not Python threads, so their CPU is in the process total only. Written: `out` (per thread,
+    the frames where samples landed, most first) and the raw folded stacks beside it.
+    """
     table = scratch / "profiled"
-    profiler = [sys.executable, "-m", "pyinstrument", "--renderer", "text", "--outfile", str(out)]
-    ingest = ["ingest", str(data.folder), str(table), "--app-id", "bench", *lakesink_args, "--no-progress"]
-    cmd = [*profiler, "-m", "lakesink", *ingest]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=scratch)
+    folded = out.with_suffix(".folded")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    ingest = [sys.executable, "-m", "lakesink", "ingest", str(data.folder), str(table), "--app-id", "bench", *lakesink_args,
+              "--no-progress"]  # fmt: skip
+    cmd = [spy, "record", "--format", "raw", "--threads", "--rate", "100", "--output", str(folded), "--", *ingest]
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=scratch)
+    wall = time.monotonic() - started
     shutil.rmtree(table, ignore_errors=True)
+    out.write_text(summarize_folded(folded.read_text(), wall=wall))
     print(f"profile: {out}", file=sys.stderr)
+
+
+def summarize_folded(folded: str, *, wall: float, top: int = 12) -> str:
+    """Per thread: samples, and the leaf frames (where time was spent or waited on) with the most."""
+    threads: dict[str, dict[str, int]] = {}
+    for line in folded.splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        name = frames[0].split(": ", 1)[-1] if ": " in frames[0] else frames[0]
+        leaves = threads.setdefault(name, {})
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + int(count)
+    lines = [f"py-spy, 100 samples/s per thread, active samples only; run took {wall:.1f} s wall", ""]
+    for name, leaves in sorted(threads.items(), key=lambda item: -sum(item[1].values())):
+        total = sum(leaves.values())
+        lines.append(f"{name}: {total} samples ({total / 100:.1f} s)")
+        for frame, count in sorted(leaves.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"  {count:6d}  {100 * count / total:5.1f}%  {frame}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -642,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stores", default=",".join(STORES), help="comma-separated subset of local,s3")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
     parser.add_argument("--no-memory", action="store_true", help="skip the 1x/5x/20x memory series")
-    parser.add_argument("--profile", action="store_true", help="also profile one lakesink NDJSON run with pyinstrument")
+    parser.add_argument("--profile", action="store_true", help="also profile one lakesink NDJSON run with py-spy (all threads)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"generated data (default {DEFAULT_CACHE})")
     parser.add_argument(
         "--out", type=Path, help="results JSON; .md and .png beside it (default results/throughput.json, or -quick.json)"
