@@ -15,6 +15,7 @@ import pyarrow as pa
 from lakesink.crashpoints import crash_point
 from lakesink.errors import ConfigError, SchemaMismatch, TableError
 from lakesink.file_writer import DEFAULT_ROW_GROUP_BYTES, DEFAULT_TARGET_FILE_BYTES, GroupFiles
+from lakesink.malloc import keep_block_buffers
 from lakesink.pipeline import Emitter, Pipeline
 from lakesink.quarantine import Quarantine
 from lakesink.schema import fit
@@ -241,7 +242,8 @@ def ingest(
     Commits: each covers the records read since the last one, up to `commit_interval` (default:
     1 GiB of rows or 60 s); `batch_rows` is a shorthand that sets its `rows` limit. Reading,
     Parquet encoding and uploading overlap (lakesink.pipeline); `write` sets file sizes (~128 MiB),
-    the memory in flight and the writer threads.
+    the memory in flight and the writer threads. The first call tunes glibc's malloc for the
+    process (lakesink.malloc says how and why).
 
     Raises:
         BadRecord: a malformed record (names file and line) without `bad_records`, or a record
@@ -250,6 +252,7 @@ def ingest(
         SchemaMismatch, ConfigError, TransientError: see lakesink.errors.
     """
     started = time.monotonic()
+    keep_block_buffers()
     options = StorageOptions.resolve(storage_options)
     files = FileSource(source, format=format, storage_options=options, max_record_bytes=max_record_bytes)
     if bad_records is not None and normalize_table_uri(bad_records) == normalize_table_uri(table_uri):
