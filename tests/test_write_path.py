@@ -307,3 +307,16 @@ def test_progress_asked_for_without_a_terminal_is_written_as_log_lines(tmp_path:
     assert done.returncode == 0, done.stderr
     assert "600 rows" in done.stdout
     assert re.search(r"^ingest: \d+% \([\d,]+ of [\d,]+ bytes\), [\d,]+ records read, [\d,]+ rows committed", done.stderr, re.M)
+
+
+@pytest.mark.parametrize(("environ", "expected"), [({}, "True"), ({"MALLOC_TRIM_THRESHOLD_": "1000000"}, "False")])
+def test_ingest_tunes_glibc_malloc_once_unless_the_process_set_it_itself(environ: dict[str, str], expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | environ
+    code = "from lakesink.malloc import keep_block_buffers as k; print(k(), k())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [expected, expected]
