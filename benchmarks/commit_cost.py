@@ -18,13 +18,19 @@ Runs, in one process, one after the other:
 Each write's wall time is recorded. The report compares windows of 30 commits: 1-30 against
 986-1,015 (~1,000) and 4,971-5,000 (~5,000), the windows that fit N (or the last 30 commits when
 none does): median, p90 and mean (the mean includes the checkpoint commits: the amortised cost),
-and the ratio of each window's median to the first's. For the lakesink runs each write is also split
+and the ratio of each window's median to the first's. Right after each lakesink window the same 30
+writes also go to a new, empty table on the same store: on a shared machine whose load changes over
+a 20-minute run, the window's median over that fresh table's (`ratio_to_fresh_table`) is the growth
+due to history alone. For the lakesink runs each write is also split
 into phases (stage, refresh, txn lookup, commit incl. the post-commit checkpoint hook), commits that
 wrote a checkpoint are reported apart, and at the end of every window the benchmark probes what
 the store's LIST costs at that size (moto's ListObjectsV2 of `_delta_log/` with start-after, as
 delta-rs sends it; the number of `_delta_log` entries on local disk), since delta-rs sends three
-LISTs per commit. Results go to benchmarks/results/commit_cost.json (`--quick`: commit_cost-quick.json),
-with a Markdown table (.md) and a chart (.png) next to it.
+LISTs per commit. After the local run, 60 more writes go to two copies of its `_delta_log`, as it
+is and cut at its last checkpoint (what the expired-log cleanup does once entries pass the log
+retention): same live files, different log length (`log_size_attribution`). Results go to
+benchmarks/results/commit_cost.json (`--quick`: commit_cost-quick.json), with a Markdown table
+(.md) and a chart (.png) next to it.
 """
 
 from __future__ import annotations
@@ -336,6 +342,7 @@ def run_lakesink(
     *,
     checkpoint_interval: int,
     probe: Callable[[int], dict[str, Any]] | None = None,
+    control: Callable[[str], list[float]] | None = None,
 ) -> dict[str, Any]:
     """N writes through one open Sink: wall time and phases of each, table versions, checkpoints."""
     phases = Phases()
@@ -343,6 +350,7 @@ def run_lakesink(
     per_write: list[dict[str, float]] = []
     versions: list[int] = []
     probes: dict[str, dict[str, Any]] = {}
+    controls: dict[str, list[float]] = {}
     probe_at = {w[1] for w in windows(n)}
     progress = Progress(label_, n)
     with (
@@ -364,12 +372,23 @@ def run_lakesink(
             progress.tick(commit, elapsed)
             if probe is not None and commit in probe_at:
                 probes[str(commit)] = probe(result.table_version)
+            if control is not None and commit in probe_at:
+                # The same 30 writes on a fresh table, right now: the machine's load at this moment,
+                # without the history. On a shared machine this is the fairer yardstick for a late window.
+                controls[str(commit)] = control(f"{label_} after {commit}")
         committed = sink.committed_position()
         checkpoints = checkpoint_versions(sink.store)
     check_table(uri, options, n, label_)
     if committed != n:
         raise RuntimeError(f"{label_}: committed position {committed}, expected {n}")
-    return {"times": times, "per_write": per_write, "versions": versions, "checkpoints": checkpoints, "probes": probes}
+    return {
+        "times": times,
+        "per_write": per_write,
+        "versions": versions,
+        "checkpoints": checkpoints,
+        "probes": probes,
+        "controls": controls,
+    }
 
 
 def log_size_attribution(table: Path, n: int, *, commits: int, checkpoint_interval: int) -> dict[str, Any]:
@@ -421,6 +440,36 @@ def log_size_attribution(table: Path, n: int, *, commits: int, checkpoint_interv
     return out
 
 
+def fresh_table_control(
+    new_location: Callable[[str], str], options: dict[str, str], checkpoint_interval: int
+) -> Callable[[str], list[float]]:
+    """WINDOW writes through a new Sink on a new, empty table: their wall times."""
+
+    def control(tag: str) -> list[float]:
+        uri = new_location(tag)
+        times = []
+        with lakesink.Sink(uri, app_id="bench", storage_options=options, checkpoint_interval=checkpoint_interval) as sink:
+            for position in range(1, WINDOW + 1):
+                data = batch(position)
+                start = time.perf_counter()
+                result = sink.write(data, position=position)
+                times.append(time.perf_counter() - start)
+                if result.status != "committed":
+                    raise RuntimeError(f"control {tag}: position {position} was {result.status}")
+        return times
+
+    return control
+
+
+_control_buckets = iter(range(1_000_000))
+
+
+def _fresh_bucket(server: Any) -> str:
+    bucket = f"bench-control-{next(_control_buckets)}"
+    server.create_bucket(bucket)
+    return f"s3://{bucket}/events"
+
+
 def lakesink_report(reps: list[dict[str, Any]], n: int, checkpoint_interval: int) -> dict[str, Any]:
     wins = windows(n)
     out = summarize([rep["times"] for rep in reps], wins)
@@ -430,6 +479,13 @@ def lakesink_report(reps: list[dict[str, Any]], n: int, checkpoint_interval: int
     ]
     out["phases_median_s"] = phase_summary(reps, wins)
     out["store_probe_after_commit"] = [rep["probes"] for rep in reps]
+    for w in out["windows"]:
+        pooled = [t for rep in reps for t in rep["controls"].get(str(w["window"][1]), [])]
+        if pooled:
+            w["fresh_table_median_s"] = statistics.median(pooled)
+            w["ratio_to_fresh_table"] = w["median_s"] / w["fresh_table_median_s"]
+    last = out["windows"][-1]
+    out["ratio_to_fresh_table"] = last.get("ratio_to_fresh_table")
     out["per_commit_s"] = [_rounded(rep["times"]) for rep in reps]
     names = sorted({k for rep in reps for p in rep["per_write"] for k in p})
     out["per_commit_phases_s"] = [
@@ -507,23 +563,34 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         f"`benchmarks/commit_cost.py`, {result['when']}; {describe(m)}; load average at start "
         f"{m.get('load_average_at_start')}. Every commit writes 1,000 rows (one file); lakesink tables checkpoint "
         f"every {result['config']['lakesink_checkpoint_interval']} commits, the write_deltalake tables every 100 "
-        "(delta-rs's default). Windows are 30 commits; a window's ratio is its median over the median of commits 1-30.",
+        "(delta-rs's default). Windows are 30 commits; a window's ratio is its median over the median of commits 1-30. "
+        "Right after each lakesink window the same 30 writes also go to a new, empty table on the same store (a fresh "
+        "table at the same moment, so at the machine's load of that moment): the second ratio is the window's median "
+        "over that one, the growth due to history alone on a shared machine.",
         "",
         "| run | commits | reps | late windows | "
         + " | ".join(f"median {c}" for c in _all_windows(runs))
-        + " | ratios to 1-30 (median) | mean (amortised) first / last window |",
-        "| --- | ---: | ---: | --- | " + " | ".join("---:" for _ in _all_windows(runs)) + " | ---: | ---: |",
+        + " | ratios to 1-30 (median) | ratios to a fresh table right after the window | mean (amortised) first / last window |",
+        "| --- | ---: | ---: | --- | " + " | ".join("---:" for _ in _all_windows(runs)) + " | ---: | ---: | ---: |",
     ]
     for name, r in runs.items():
         by = {_nominal(w["window"], i): w for i, w in enumerate(r["windows"])}
         cells = [f"{by[c]['median_s'] * 1000:.1f} ms" if c in by else "-" for c in _all_windows(runs)]
         ratios = " / ".join(f"{w['ratio_median']:.2f}x" for w in r["windows"][1:]) or "-"
         late = ", ".join(label(w["window"]) for w in r["windows"][1:])
+        fresh = (
+            " / ".join(
+                f"{w['ratio_to_fresh_table']:.2f}x ({w['fresh_table_median_s'] * 1000:.1f} ms)"
+                for w in r["windows"][1:]
+                if "ratio_to_fresh_table" in w
+            )
+            or "-"
+        )
         title = RUN_TITLES.get(name, name) + (f" (capped at {r['commits']:,})" if r.get("capped") else "")
         lines.append(
             f"| {title} | {r['commits']:,} | {r['repetitions']} | {late} | "
             + " | ".join(cells)
-            + f" | {ratios} | {r['windows'][0]['mean_s'] * 1000:.1f} / {r['windows'][-1]['mean_s'] * 1000:.1f} ms |"
+            + f" | {ratios} | {fresh} | {r['windows'][0]['mean_s'] * 1000:.1f} / {r['windows'][-1]['mean_s'] * 1000:.1f} ms |"
         )
     for name, r in runs.items():
         phases = r.get("phases_median_s")
@@ -685,7 +752,12 @@ def chart(result: dict[str, Any], path: Path) -> None:
 def print_table(runs: dict[str, dict[str, Any]], config: dict[str, Any]) -> None:
     for name, r in runs.items():
         cells = ", ".join(
-            f"{label(w['window'])}: {w['median_s'] * 1000:.1f} ms ({w['ratio_median']:.2f}x; mean {w['mean_s'] * 1000:.1f})"
+            f"{label(w['window'])}: {w['median_s'] * 1000:.1f} ms ({w['ratio_median']:.2f}x; mean {w['mean_s'] * 1000:.1f}"
+            + (
+                f"; fresh table then {w['fresh_table_median_s'] * 1000:.1f} ms: {w['ratio_to_fresh_table']:.2f}x)"
+                if "ratio_to_fresh_table" in w
+                else ")"
+            )
             for w in r["windows"]
         )
         cap = f" [capped at {r['commits']}]" if r.get("capped") else ""
@@ -811,6 +883,9 @@ def main(argv: list[str] | None = None) -> int:
                                 f"lakesink s3 #{rep + 1}",
                                 checkpoint_interval=args.checkpoint_interval,
                                 probe=s3_probe(server, bucket, "events"),
+                                control=fresh_table_control(
+                                    lambda tag: _fresh_bucket(server), server.storage_options(), args.checkpoint_interval
+                                ),
                             )
                         )
                     runs["lakesink_s3"] = lakesink_report(reps, n, args.checkpoint_interval)
@@ -823,6 +898,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"lakesink local #{rep + 1}",
                             checkpoint_interval=args.checkpoint_interval,
                             probe=local_probe(Path(tmp) / f"events-{rep}"),
+                            control=fresh_table_control(
+                                lambda tag: tempfile.mkdtemp(prefix="control-", dir=tmp), {}, args.checkpoint_interval
+                            ),
                         )
                         for rep in range(args.repeat)
                     ]
@@ -873,6 +951,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"goal: {name} median {label(r['late_window'])} / 1-30 <= {GOAL_RATIO}x: {r['ratio_median']:.2f}x -> "
                 + ("MET" if verdicts[name] else "NOT MET")
+                + (
+                    f" (against a fresh table written right after that window: {r['ratio_to_fresh_table']:.2f}x)"
+                    if r.get("ratio_to_fresh_table")
+                    else ""
+                )
             )
     result = {
         "benchmark": "commit_cost",
