@@ -29,7 +29,7 @@ from lakesink import (
     table_status,
     verify_table,
 )
-from lakesink.ingest import parse_size
+from lakesink.ingest import DEFAULT_WRITE_THREADS, parse_size
 
 EXIT_TERMINAL = 1
 EXIT_TRANSIENT = 75
@@ -155,8 +155,8 @@ def main(verbose: int) -> None:
     help="Rows read but not yet written to the store that memory may hold; peak memory stays near this plus a constant.",
 )
 @click.option(
-    "--write-threads", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Threads encoding and uploading Parquet while the source is read (more help when reading is cheap: Parquet sources).",
+    "--write-threads", type=click.IntRange(min=1), default=DEFAULT_WRITE_THREADS, show_default=True,
+    help="Threads encoding and uploading Parquet while the source is read; each writes its own files.",
 )
 @click.option("--partition-by", multiple=True, help="Partition column (repeatable); only when creating the table.")
 @click.option("--evolve-schema", is_flag=True, help="Add new input columns to the table as nullable columns instead of failing.")
