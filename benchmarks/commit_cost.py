@@ -291,15 +291,7 @@ def _median_ms(fn: Callable[[], Any], times: int = 10) -> float:
 
 
 def s3_probe(server: Any, bucket: str, prefix: str) -> Callable[[int], dict[str, Any]]:
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing-secret",
-        region_name="us-east-1",
-    )
+    s3 = server.client()
 
     def probe(version: int) -> dict[str, Any]:
         log_prefix = f"{prefix}/_delta_log/"

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,20 @@ class MotoServer:
         """The environment for a `lakesink` subprocess that should use this server."""
         return {**os.environ, **self.storage_options()}
 
-    def create_bucket(self, name: str) -> None:
+    def client(self) -> Any:
+        """A boto3 S3 client for this server (for setup and checks; lakesink itself never uses boto3)."""
         import boto3
 
-        s3 = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id="testing",
             aws_secret_access_key="testing-secret",
             region_name="us-east-1",
         )
-        s3.create_bucket(Bucket=name)
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
 
     def reset(self) -> None:
         """Forget every bucket and object (moto's reset endpoint)."""
