@@ -159,14 +159,16 @@ class Pipeline(Generic[S]):
             thread.join()
 
     def sealed(self, on_idle: Callable[[], None] | None = None) -> Iterator[Sealed[S]]:
-        """Sealed groups in order, as their files are finished; raises what a thread raised.
+        """Sealed groups in order, as their files are finished; then raises what a thread raised.
 
-        An encoder's error is raised at once; the reader's (a bad record, say) after every group
-        it sealed before it.
+        Every group whose files were all finished before an error is still yielded, so the caller
+        can commit it: the reader's error (a bad record, say) comes after every group it sealed
+        before it, an encoder's after the groups every encoder had finished.
         """
         reports: dict[int, list[tuple[list[StagedFile], S]]] = {}
         wanted = 0
         finished_encoders = 0
+        error: BaseException | None = None
         while True:
             try:
                 item = self._out.get(timeout=self._idle_every)
@@ -175,12 +177,14 @@ class Pipeline(Generic[S]):
                     on_idle()
                 continue
             if isinstance(item, BaseException):
-                raise item
+                error = error or item
+                continue
             if item is None:
                 finished_encoders += 1
                 if finished_encoders == len(self._inboxes):
-                    if self._reader_error is not None:
-                        raise self._reader_error
+                    failure = error or self._reader_error
+                    if failure is not None:
+                        raise failure
                     return
                 continue
             index, _, files, info = item
@@ -218,19 +222,25 @@ class Pipeline(Generic[S]):
     def _encode(self, number: int) -> None:
         inbox = self._inboxes[number]
         group: GroupFiles | None = None
+        dropped = False  # rows were left unwritten after a stop: no later seal may be reported
         try:
             while True:
                 item = inbox.get()
-                if item is None or self._stop.is_set():
+                if item is None:
                     break
                 if isinstance(item, _Rows):
                     try:
+                        if self._stop.is_set() or dropped:
+                            dropped = True
+                            continue
                         if group is None:
                             group = self._new_group(item.group_start)
                         group.write(item.table)
                     finally:
                         self._budget.release(item.table.nbytes)
-                else:
+                elif not dropped:
+                    # Every row of the group this encoder got came before the seal in its inbox,
+                    # and all were written: its files are whole, even after a stop.
                     files = group.close() if group is not None else []
                     group = None
                     self._out.put((item.index, number, files, item.info))

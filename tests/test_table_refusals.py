@@ -167,11 +167,13 @@ def test_credentials_refused_in_the_middle_of_a_run_stop_it_with_exit_1_and_a_re
     """Simulated at the proxy (moto's own check is all or nothing): from the second staged file on,
     uploads get 403 InvalidAccessKeyId, as when a key is revoked mid-run. pyarrow does not retry it;
     the run stops at once with exit 1 (ConfigError), the committed prefix is exact, and a rerun with
-    working credentials finishes exactly once."""
+    working credentials finishes exactly once. One writer thread, so "the second staged file" is
+    the second batch's (two threads may finish their files in either order); the groups sealed
+    before the failure are still committed."""
     uri = f"s3://{s3_bucket}/table"
     proxy.fail_with(403, "InvalidAccessKeyId", r"\.parquet", method="PUT", times=1_000_000, after=1)
     env = {**moto_server.env(), "AWS_ENDPOINT_URL": proxy.endpoint}
-    done = ingest(dataset.directory, uri, env)
+    done = ingest(dataset.directory, uri, env, "--write-threads", "1")
     assert_refused(done, "ConfigError", "refused the credentials", "INVALID_ACCESS_KEY_ID")
     assert len([e for e in proxy.events if e.action.startswith("answered 403")]) == 1  # not retried
     with lakesink.Sink(uri, app_id=APP_ID, storage_options=s3_options) as sink:

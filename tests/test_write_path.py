@@ -320,3 +320,29 @@ def test_ingest_tunes_glibc_malloc_once_unless_the_process_set_it_itself(environ
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [expected, expected]
+
+
+def test_after_an_encoder_error_the_groups_every_encoder_had_finished_are_still_handed_on(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "t"), StorageOptions.resolve({}))
+
+    class FailingOnGroupTwo(GroupFiles):
+        def write(self, rows: pa.Table) -> None:
+            if self.start_position == 1:
+                raise lakesink.StorageUnavailable("the store went away")
+            super().write(rows)
+
+    def produce(emit: Emitter[int]) -> None:
+        for group in range(4):
+            emit.rows(pa.table({"x": [group]}), group_start=group - 1)
+            emit.seal(group)
+
+    got = []
+    pipeline: Pipeline[int] = Pipeline(
+        produce,
+        lambda start: FailingOnGroupTwo(store, app_id="p", start_position=start, partition_by=()),
+        encoders=1,
+        in_flight_bytes=1 << 20,
+    )
+    with pytest.raises(lakesink.StorageUnavailable, match="went away"), pipeline:
+        got.extend(sealed.info for sealed in pipeline.sealed())
+    assert got == [0, 1]  # groups 0 and 1 (start positions -1 and 0) were whole; group 2 failed
