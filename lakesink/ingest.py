@@ -330,7 +330,6 @@ class _Group:
     schema: pa.Schema | None
     rejected: tuple[Rejected, ...]
     files: list[int]
-    records: int
 
 
 class _Run:
@@ -563,8 +562,7 @@ class _GroupCutter:
 
     def seal(self, end: FilePosition, schema: pa.Schema | None, *, next_file: bool) -> None:
         self._flush()
-        group = _Group(end=end, schema=schema, rejected=tuple(self.rejected), files=list(self.touched), records=self.records)
-        self.emit.seal(group)
+        self.emit.seal(_Group(end=end, schema=schema, rejected=tuple(self.rejected), files=list(self.touched)))
         self.start = end.encode()
         self.records = 0
         self.rows_bytes = 0
