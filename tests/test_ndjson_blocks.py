@@ -7,6 +7,10 @@ range, its rows, and the records it rejects with their line and byte offset.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
@@ -194,3 +198,93 @@ def test_count_records_fast_check_agrees_with_the_exact_count() -> None:
     for data, records in cases.items():
         block = bytearray(data)
         assert ndjson._count_records(block, data.count(b"\n")) == records, data
+
+
+def test_count_newlines_agrees_with_bytes_count() -> None:
+    data = bytearray(b"".join(record(i) + (b"\r\n" if i % 7 == 0 else b"\n") for i in range(20_000)))
+    assert len(data) > 4 << 16
+    for start, stop in [(0, len(data)), (0, 10), (5, len(data) - 3), (1 << 16, 3 << 16), (len(data), len(data))]:
+        assert ndjson._count_newlines(data, start, stop) == data.count(b"\n", start, stop)
+
+
+def blocky_file(tmp_path: Path) -> bytes:
+    """Records, blank lines, CRLF and bad lines, over many small blocks."""
+    lines = []
+    for i in range(400):
+        lines.append(record(i) + (b"\r" if i % 11 == 0 else b""))
+        if i % 37 == 3:
+            lines.append(b"  " if i % 2 else b"")
+        if i % 53 == 7:
+            lines.append(b"not json")
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "a.ndjson").write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("max_record_bytes", [64, 100, 4096])
+def test_reading_ahead_gives_the_chunks_reading_in_turn_gives(tmp_path: Path, max_record_bytes: int) -> None:
+    blocky_file(tmp_path)
+    source = FileSource(str(tmp_path), max_record_bytes=max_record_bytes)
+    file = source.files[0]
+    reader = ndjson.NdjsonReader(0, file, source.location(file), max_record_bytes, quarantine=True, evolve=False)
+
+    def summary(chunks: list[Chunk]) -> list[tuple[int, int, list[int], list[tuple[int, int, int]]]]:
+        return [
+            (
+                c.row_start,
+                c.row_end,
+                c.table.column("id").to_pylist() if c.table.num_columns else [],
+                [(r.record, r.line, r.byte_offset) for r in c.rejected],
+            )
+            for c in chunks
+        ]
+
+    with source.store.open_input(file.path) as stream:
+        in_turn = list(reader.chunks(stream, lambda: None))
+    ahead = read(tmp_path, quarantine=True, max_record_bytes=max_record_bytes)
+    assert summary(ahead) == summary(in_turn)
+    assert len(ahead) >= 3 and sum(len(c.rejected) for c in ahead) == 8
+    assert_contiguous(ahead, 0, 408)
+
+
+def test_a_reader_closed_halfway_leaves_no_read_running(tmp_path: Path) -> None:
+    blocky_file(tmp_path)
+    chunks = FileSource(str(tmp_path), max_record_bytes=64).chunks(FilePosition(0, 0), schema=None, quarantine=True)
+    first = next(chunks)
+    assert first.row_start == 0
+    chunks.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("lakesink-read-ahead")]
+
+
+def test_a_line_over_the_limit_found_ahead_fails_after_the_records_before_it(tmp_path: Path) -> None:
+    lines = [record(i) for i in range(100)] + [b'{"id": 100, "name": "' + b"z" * 100 + b'"}'] + [record(101)]
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "a.ndjson").write_bytes(data)
+    source = FileSource(str(tmp_path), max_record_bytes=64)
+    file = source.files[0]
+    reader = ndjson.NdjsonReader(0, file, source.location(file), 64, quarantine=False, evolve=False)
+    runs = []
+    for ahead in (None, ThreadPoolExecutor(1)):
+        got: list[Chunk] = []
+        with source.store.open_input(file.path) as stream, pytest.raises(lakesink.BadRecord) as raised:
+            for chunk in reader.chunks(stream, lambda: None, ahead):
+                got.append(chunk)
+        runs.append((ids(got), str(raised.value)))
+        if ahead is not None:
+            ahead.shutdown()
+    assert runs[0] == runs[1]
+    assert runs[1][0] == list(range(100))
+    offset = data.index(b'{"id": 100')
+    assert f":101: the record at byte offset {offset} is longer" in runs[1][1]
+
+
+def test_counting_blank_lines_does_not_import_pandas() -> None:
+    # pa.array() of a Python list imports pandas (~0.2 s) to ask whether it is a pandas object.
+    code = (
+        "import sys\nfrom lakesink.sources import ndjson\n"
+        "assert ndjson._count_records(bytearray(b'{}\\n \\n{}\\n'), 3) == 2\n"
+        "assert ndjson._count_records(bytearray(b'{}\\n{}\\n'), 2) == 2\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -26,6 +26,7 @@ import fnmatch
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
@@ -197,15 +198,19 @@ class FileSource:
                 max_record_bytes; names the file and line.
         """
         schema_now: SchemaNow = schema if callable(schema) else (lambda: schema)
-        for index in range(start.file_index, len(self.files)):
-            skip = start.row if index == start.file_index else 0
-            yield from self._file_chunks(index, skip, schema_now, evolve=evolve, quarantine=quarantine)
+        # One thread reads NDJSON a block ahead of the parse (started at the first such read).
+        with ThreadPoolExecutor(1, thread_name_prefix="lakesink-read-ahead") as ahead:
+            for index in range(start.file_index, len(self.files)):
+                skip = start.row if index == start.file_index else 0
+                yield from self._file_chunks(index, skip, schema_now, ahead, evolve=evolve, quarantine=quarantine)
 
-    def _file_chunks(self, index: int, skip: int, schema_now: SchemaNow, *, evolve: bool, quarantine: bool) -> Iterator[Chunk]:
+    def _file_chunks(
+        self, index: int, skip: int, schema_now: SchemaNow, ahead: Executor, *, evolve: bool, quarantine: bool
+    ) -> Iterator[Chunk]:
         file = self.files[index]
         records = 0
         pending: Chunk | None = None
-        for chunk in self._read(index, schema_now, evolve=evolve, quarantine=quarantine):
+        for chunk in self._read(index, schema_now, ahead, evolve=evolve, quarantine=quarantine):
             records = chunk.row_end
             if chunk.row_end <= skip:
                 continue
@@ -222,7 +227,7 @@ class FileSource:
             pending = Chunk(index, file, no_columns(), records, records, last=False)
         yield replace(pending, last=True)
 
-    def _read(self, index: int, schema_now: SchemaNow, *, evolve: bool, quarantine: bool) -> Iterator[Chunk]:
+    def _read(self, index: int, schema_now: SchemaNow, ahead: Executor, *, evolve: bool, quarantine: bool) -> Iterator[Chunk]:
         file = self.files[index]
         if file.size == 0:
             return
@@ -230,7 +235,7 @@ class FileSource:
         if file.format == "ndjson":
             ndjson = NdjsonReader(index, file, location, self.max_record_bytes, quarantine=quarantine, evolve=evolve)
             with self.store.open_input(file.path) as stream:
-                yield from ndjson.chunks(stream, schema_now)
+                yield from ndjson.chunks(stream, schema_now, ahead)
         elif file.format == "csv":
             rows = CsvReader(index, file, location, self.max_record_bytes, quarantine=quarantine, evolve=evolve)
             yield from rows.chunks(lambda: self.store.open_input(file.path), schema_now)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -41,19 +43,30 @@ _BLANK_LINE = re.compile(rb"\n[ \t\r]*(?=\n)")
 _LINE_STARTS_BLANK = r"\n[ \t\r\n]"
 _NOT_SPACE = re.compile(rb"[^ \t\r\n]")
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+_COUNT_PIECE = 256 << 10
+try:  # pyarrow imports numpy when it is installed; lakesink does not require it
+    import numpy as _np
+except ImportError:  # pragma: no cover - numpy is installed wherever the tests run
+    _np = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
     """Whole lines of a file: `data` starts on line `line` (1-based), at byte `offset`, and holds `newlines` line ends.
 
-    `data` is the block's own buffer (read into, never copied, never changed once yielded).
+    `records` is its non-blank lines (`_count_records`). `data` is the block's own buffer (read
+    into, never copied, never changed once yielded).
     """
 
     data: bytearray
     line: int
     offset: int
     newlines: int
+    records: int
+
+    @classmethod
+    def of(cls, data: bytearray, line: int, offset: int, newlines: int) -> Block:
+        return cls(data, line, offset, newlines, _count_records(data, newlines))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +80,26 @@ class NdjsonReader:
     quarantine: bool  # keep bad records in the chunk instead of raising
     evolve: bool
 
-    def chunks(self, stream: pa.NativeFile, schema_now: SchemaNow) -> Iterator[Chunk]:
+    def chunks(self, stream: pa.NativeFile, schema_now: SchemaNow, ahead: Executor | None = None) -> Iterator[Chunk]:
         """Every record of the file, a chunk per block; the caller marks the last one.
+
+        With `ahead` (an executor of one thread), a file longer than one read is read a block
+        ahead on its thread, while pyarrow parses the block before.
 
         Raises:
             BadRecord: a record longer than max_record_bytes; or, unless quarantining, the first
                 record that is not a JSON object or does not fit the table's schema.
         """
         record = 0
-        for block in self._blocks(stream):
-            if _NOT_SPACE.search(block.data) is None:
+        blocks = self._blocks(stream)
+        if ahead is not None and self.file.size > min(self.max_record_bytes, _READ_BYTES):
+            blocks = _read_ahead(blocks, ahead)
+        for block in blocks:
+            if block.records == 0 and _NOT_SPACE.search(block.data) is None:
                 continue  # blank lines are not records
             schema = schema_now()
             table = _parse_fast(block.data, schema)
-            lines = _count_records(block.data, block.newlines)
+            lines = block.records
             if table is not None and table.num_rows == lines and self._fits(table, schema):
                 yield Chunk(self.file_index, self.file, table, record, record + lines, last=False)
             else:
@@ -121,7 +140,7 @@ class NdjsonReader:
             if not size:
                 if carried:
                     data = bytearray().join(carry)
-                    yield Block(data, line, offset, data.count(b"\n"))
+                    yield Block.of(data, line, offset, _count_newlines(data, 0, len(data)))
                 return
             filled = start + size
             newline = buffer.find(b"\n", start, filled)
@@ -143,8 +162,8 @@ class NdjsonReader:
                 block = buffer
             else:
                 block = bytearray().join([*carry, memoryview(buffer)[:cut]])
-            newlines = buffer.count(b"\n", newline, cut)  # the carried line has none
-            yield Block(block, line, offset, newlines)
+            newlines = _count_newlines(buffer, newline, cut)  # the carried line has none
+            yield Block.of(block, line, offset, newlines)
             line += newlines
             offset += len(block)
             carry, carried = [tail], filled - cut
@@ -232,9 +251,39 @@ def _count_records(data: bytearray, newlines: int) -> int:
     return lines - blank
 
 
+def _count_newlines(data: bytearray, start: int, stop: int) -> int:
+    """data.count(b"\\n", start, stop), with numpy when there is numpy: 3x faster, and mostly without the GIL.
+
+    In pieces of 256 KiB: numpy's comparison result then stays in the CPU's cache, and is not a
+    new 8 MiB allocation (and its page faults) per block.
+    """
+    if _np is None or stop - start < _COUNT_PIECE:
+        return data.count(b"\n", start, stop)
+    view = _np.frombuffer(data, _np.uint8, stop - start, start)
+    return sum(int(_np.count_nonzero(view[at : at + _COUNT_PIECE] == 10)) for at in range(0, stop - start, _COUNT_PIECE))
+
+
+def _read_ahead(blocks: Iterator[Block], ahead: Executor) -> Iterator[Block]:
+    """`blocks`, each read on `ahead`'s thread while the caller works on the one before.
+
+    At most one block is read ahead. A read's error is raised where its block would have come.
+    When this generator ends or is closed, no read is running any more: the stream may be closed.
+    """
+    pending: Future[Block | None] = ahead.submit(next, blocks, None)
+    try:
+        while (block := pending.result()) is not None:
+            pending = ahead.submit(next, blocks, None)
+            yield block
+    finally:
+        if not pending.cancel():
+            wait([pending])
+
+
 def _matches(data: bytearray, pattern: str) -> bool:
     """Whether RE2 finds `pattern` in `data` (read in place, as one binary value)."""
-    offsets = pa.array([0, len(data)], pa.int64()).buffers()[1]
+    # Not pa.array([0, n]): converting a Python list makes pyarrow import pandas (0.2 s) to ask
+    # whether it is a pandas object.
+    offsets = pa.py_buffer(struct.pack("=qq", 0, len(data)))
     value = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
     return bool(pc.match_substring_regex(value, pattern)[0].as_py())
 
