@@ -197,7 +197,9 @@ def instrumented(phases: Phases) -> Iterator[None]:
         (TableHandle, "committed_position", "committed_position"),
         (DeltaTable, "update_incremental", "update_incremental"),
         (DeltaTable, "transaction_version", "transaction_version"),
-        (DeltaTable, "create_write_transaction", "commit"),
+        # The whole commit protocol (lakesink.commit): the log entry's create, and the checkpoint
+        # through delta-rs every interval.
+        (lakesink.sink, "commit_staged", "commit"),
     ]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
     try:
@@ -649,8 +651,8 @@ def _attribution_text(att: dict[str, Any]) -> str:
 def checkpoint_split(r: dict[str, Any], config: dict[str, Any]) -> str:
     """The checkpoint commits near each window's end, those that also ran the expired-log cleanup apart.
 
-    lakesink asks for the cleanup on the checkpoint commit of version v when (v + 1) % (interval x
-    cleanup_every) == 0; commit number i made version i here (one writer).
+    lakesink checkpoints version v when v % interval == 0 and runs the cleanup with it when
+    v % (interval x cleanup_every) == 0; commit number i made version i here (one writer).
     """
     phases = r.get("per_commit_phases_s")
     if not phases or "phases_median_s" not in r:
@@ -662,15 +664,17 @@ def checkpoint_split(r: dict[str, Any], config: dict[str, Any]) -> str:
     parts = []
     for w in r["windows"]:
         end = w["window"][1]
-        with_cleanup = [v for v in sorted(checkpoints) if v <= end and (v + 1) % (interval * every) == 0][-3:]
-        without = [v for v in sorted(checkpoints) if end - 200 < v <= end and (v + 1) % (interval * every) != 0]
+        with_cleanup = [v for v in sorted(checkpoints) if v <= end and v % (interval * every) == 0][-3:]
+        without = [v for v in sorted(checkpoints) if end - 200 < v <= end and v % (interval * every) != 0]
         a = statistics.median(commit_times[v - 1] for v in with_cleanup) if with_cleanup else None
         b = statistics.median(commit_times[v - 1] for v in without) if without else None
         parts.append(
             f"up to commit {end:,}: {_ms(a)} ms with the cleanup ({len(with_cleanup)}), {_ms(b)} ms without ({len(without)})"
         )
     return (
-        f"Checkpoint commits (create_write_transaction; cleanup on one checkpoint in {every}), median: " + "; ".join(parts) + "."
+        f"Checkpoint commits (log entry + delta-rs checkpoint; cleanup on one checkpoint in {every}), median: "
+        + "; ".join(parts)
+        + "."
     )
 
 

@@ -1,14 +1,20 @@
 """The commit protocol: one Delta commit of the staged files plus `txn(app_id, position)`.
 
 1. Check the snapshot's `txn` for the app id; if it already holds the position (or more), skip.
-2. Commit against that same snapshot. delta-rs's conflict check then rejects the commit if any
-   commit since the snapshot carries the same app id, so check and commit cannot be split by a
-   concurrent writer (a second copy of the job, or a zombie).
-3. A rejected commit (CommitFailedError) is never retried blindly: refresh, re-check, and only
-   then try again.
-4. Any other error may have come *after* the log entry was written (timeout, reset, failed
-   post-commit hook): the outcome is unknown. Refresh and decide from `txn`; if the log cannot be
-   read, raise CommitOutcomeUnknown and keep the staged files, so a rerun resolves it.
+2. Commit against that same snapshot: create log entry `version + 1` only if it does not exist
+   (lakesink.log_store: a create-only PUT or a hard link). If another writer created it first,
+   read that entry, move the snapshot past it, and check again: a commit of another writer with
+   this app id may have committed the position already (or moved it past `previous`).
+3. A create that got no answer may have landed (timeout, reset): read the entry back and decide
+   from the write id in its commitInfo. If the entry cannot be read, raise CommitOutcomeUnknown
+   and keep the staged files, so a rerun resolves it.
+4. Every `delta.checkpointInterval` versions, checkpoint (through delta-rs), so readers and the
+   next writer's open replay a short log.
+
+Where the store cannot create an object only if absent, or the table's commits are coordinated
+another way (a DynamoDB lock: lakesink.log_store.open_log_store), commits go through delta-rs,
+whose conflict check rejects a concurrent commit with the same app id (CommitFailedError); that
+is never retried blindly, but refreshed and re-checked the same way.
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ from lakesink.errors import (
     CommitOutcomeUnknown,
     ConcurrentWriterError,
     LakesinkError,
+    SchemaMismatch,
     StorageUnavailable,
     TerminalError,
 )
+from lakesink.log_entry import WRITE_ID_KEY, EntrySummary, encode_append, summarize
+from lakesink.log_store import ConditionalPutUnsupported, LogStore
 from lakesink.stage import StagedFile
 from lakesink.table import TableHandle, translate
 
@@ -105,8 +114,216 @@ def commit_staged(
     Raises:
         ConcurrentWriterError: other writers with this app id won `policy.max_attempts` times in a row.
         CommitOutcomeUnknown: the commit may have landed and the log could not be read to decide.
-        TerminalError: delta-rs refused the commit for a reason retrying cannot fix.
+        SchemaMismatch: another writer changed the table's schema so that the staged files no longer fit.
+        TerminalError: the commit was refused for a reason retrying cannot fix.
     """
+    log_store = handle.log_store
+    if log_store is not None:
+        try:
+            return _commit_by_log_entry(
+                handle, log_store, staged, app_id=app_id, position=position, schema=schema, partition_by=partition_by,
+                clock=clock, previous=previous, sleep=sleep, policy=policy,
+            )  # fmt: skip
+        except ConditionalPutUnsupported as exc:
+            log.warning("%s: %s; committing through delta-rs from now on", handle.uri, exc)
+            handle.use_delta_rs_commits()
+    return _commit_through_delta_rs(
+        handle, staged, app_id=app_id, position=position, schema=schema, partition_by=partition_by,
+        clock=clock, previous=previous, sleep=sleep, policy=policy,
+    )  # fmt: skip
+
+
+def _commit_by_log_entry(
+    handle: TableHandle,
+    log_store: LogStore,
+    staged: Sequence[StagedFile],
+    *,
+    app_id: str,
+    position: int,
+    schema: pa.Schema,
+    partition_by: Sequence[str],
+    clock: Callable[[], float],
+    previous: int | AnyPrevious | None,
+    sleep: Callable[[float], None],
+    policy: CommitPolicy,
+) -> WriteResult:
+    """Steps 1-4 of the module doc, with lakesink creating the log entry itself."""
+    # Tags the entry, so after a lost answer the log tells whether the commit holding our
+    # position is ours (report it committed) or a concurrent copy's (skipped).
+    write_id = uuid.uuid4().hex
+    first_read_version = handle.version()
+    races = 0  # entries of other writers with this app id that took the version we tried
+    unanswered = 0  # creates that got no answer (or found the entry being created by another)
+    others = 0  # other writers' entries read one by one since the last full refresh
+    last_error: BaseException | None = None
+    while True:
+        handle.check_writable()  # cached: costs nothing unless a refresh brought a new protocol
+        committed = handle.committed_position(app_id)
+        if committed is not None and committed >= position:
+            if (races or unanswered) and _landed_ours(handle, write_id, since=first_read_version):
+                return _committed(handle, app_id, position, staged, reason=_LOST_ANSWER)
+            reason = "already committed" if not (races or unanswered) else "committed by a concurrent writer"
+            return _skipped(handle, app_id, position, committed, reason)
+        if not isinstance(previous, AnyPrevious) and committed != previous:
+            return stale_result(handle, app_id, position, committed, previous)
+        version = handle.version() + 1
+        body = encode_append(
+            staged,
+            app_id=app_id,
+            position=position,
+            now_ms=int(clock() * 1000),
+            read_version=version - 1,
+            partition_by=partition_by,
+            commit_info=_commit_info(app_id, position, write_id),
+            client_version=f"lakesink-{__version__}",
+        )
+        crash_point("before_commit")
+        created: bool | None
+        try:
+            created = log_store.create(version, body)
+        except StorageUnavailable as exc:
+            log.info(
+                "position %d of %r: creating log entry %d got no answer (%s); reading it back", position, app_id, version, exc
+            )
+            created, last_error = None, exc
+        if created:
+            return _after_own_commit(handle, version, app_id, position, staged)
+        summary = _read_entry(
+            handle, log_store, version, app_id=app_id, position=position, cause=last_error, sleep=sleep, policy=policy
+        )
+        if summary is None:
+            # Nothing there: the create did not land (or another writer's is still in flight).
+            unanswered += 1
+            if unanswered >= policy.max_attempts:
+                raise CommitOutcomeUnknown(
+                    f"could not commit position {position} of {app_id!r} after {policy.max_attempts} attempts "
+                    f"({last_error or 'the log entry stayed absent'}); staged files are kept, rerun to resolve",
+                    table_uri=handle.uri,
+                    app_id=app_id,
+                    position=position,
+                ) from last_error
+            sleep(_backoff(policy, unanswered - 1))
+            continue
+        if summary.write_id == write_id:
+            return _after_own_commit(handle, version, app_id, position, staged, reason=_LOST_ANSWER)
+        log.info("position %d of %r: another writer created log entry %d first; re-checking", position, app_id, version)
+        if app_id in summary.txns:
+            races += 1
+            if races >= policy.max_attempts:
+                raise ConcurrentWriterError(
+                    f"gave up committing position {position} of {app_id!r}: another writer with the same app id "
+                    f"committed first {policy.max_attempts} times. Run one copy of a job per app id."
+                )
+        others += 1
+        if summary.changes_table or app_id in summary.txns or others > _READ_ONE_BY_ONE:
+            # A new schema or protocol, a copy of this job (decide from its latest position, which
+            # a stale result tells the caller to re-read from), or a writer far ahead: let
+            # delta-rs read up to the latest entry.
+            _refresh_or_unknown(
+                handle, app_id, position, last_error or RuntimeError("concurrent commit"), sleep=sleep, policy=policy
+            )
+            _check_files_still_fit(handle, schema, partition_by, app_id=app_id, position=position)
+            others = 0
+        else:
+            handle.advance(version, summary.txns)
+
+
+# Other writers' entries read one GET at a time before one delta-rs refresh (a LIST) catches up.
+_READ_ONE_BY_ONE = 3
+_LOST_ANSWER = "the answer was lost; the log shows this write's commit landed"
+
+
+def _read_entry(
+    handle: TableHandle,
+    log_store: LogStore,
+    version: int,
+    *,
+    app_id: str,
+    position: int,
+    cause: BaseException | None,
+    sleep: Callable[[float], None],
+    policy: CommitPolicy,
+) -> EntrySummary | None:
+    """What log entry `version` holds (None: there is none); CommitOutcomeUnknown if it cannot be read."""
+    for attempt in range(policy.resolve_attempts):
+        try:
+            body = log_store.read(version)
+        except StorageUnavailable as exc:
+            cause = cause or exc
+            sleep(_backoff(policy, attempt))
+            continue
+        return None if body is None else summarize(body, version=version)
+    raise CommitOutcomeUnknown(
+        f"the commit of position {position} for {app_id!r} may or may not have landed "
+        f"({cause or 'no answer'}) and log entry {version} could not be read back to decide. "
+        "Staged files are kept; rerun the same write when the store answers and it will skip or commit.",
+        table_uri=handle.uri,
+        app_id=app_id,
+        position=position,
+    ) from cause
+
+
+def _after_own_commit(
+    handle: TableHandle, version: int, app_id: str, position: int, staged: Sequence[StagedFile], *, reason: str = ""
+) -> WriteResult:
+    crash_point("after_commit")
+    handle.advance(version, {app_id: position})
+    log.debug("committed %d of %r: %d files, version %d", position, app_id, len(staged), version)
+    interval = _checkpoint_interval(handle)
+    if version % interval == 0:
+        # Delta's own writers clean up expired log entries after a checkpoint (the only thing that
+        # makes older entries expendable); the cleanup LISTs the whole log, so once in ten.
+        cleanup = version % (interval * _CLEANUP_EVERY) == 0 and _expired_log_cleanup_enabled(handle)
+        try:
+            handle.checkpoint(cleanup_expired_logs=cleanup)
+        except LakesinkError as exc:
+            # The commit landed; a missing checkpoint only makes the log longer to read until the next one.
+            log.warning(
+                "committed version %d of %s, but could not checkpoint it (%s); the next interval tries again",
+                version,
+                handle.uri,
+                exc,
+            )
+    return _committed(handle, app_id, position, staged, reason=reason)
+
+
+def _expired_log_cleanup_enabled(handle: TableHandle) -> bool:
+    return str(handle.table.metadata().configuration.get("delta.enableExpiredLogCleanup", "true")).lower() != "false"
+
+
+def _check_files_still_fit(
+    handle: TableHandle, schema: pa.Schema, partition_by: Sequence[str], *, app_id: str, position: int
+) -> None:
+    """After another writer changed the table's metadata: the staged files must still be valid data of it.
+
+    Raises:
+        SchemaMismatch: a column of the staged files is gone or changed type, or the partitioning changed.
+    """
+    current = handle.arrow_schema()
+    changed = [f.name for f in schema if current.get_field_index(f.name) < 0 or current.field(f.name).type != f.type]
+    if changed or handle.partition_columns() != list(partition_by):
+        raise SchemaMismatch(
+            f"the schema of {handle.uri} changed while position {position} of {app_id!r} was being committed (another "
+            f"writer altered it): the table has {current} partitioned by {handle.partition_columns()}, the staged files have "
+            f"{schema} partitioned by {list(partition_by)}. Nothing was committed; rerun, and the source is read with the "
+            "table's schema."
+        )
+
+
+def _commit_through_delta_rs(
+    handle: TableHandle,
+    staged: Sequence[StagedFile],
+    *,
+    app_id: str,
+    position: int,
+    schema: pa.Schema,
+    partition_by: Sequence[str],
+    clock: Callable[[], float],
+    previous: int | AnyPrevious | None,
+    sleep: Callable[[float], None],
+    policy: CommitPolicy,
+) -> WriteResult:
+    """Steps 1-3 of the module doc, with delta-rs committing (for stores without create-only PUTs)."""
     rows = sum(f.num_records for f in staged)
     last_error: BaseException | None = None
     # Tags every attempt's commitInfo, so after a lost answer the log tells whether the commit
@@ -114,6 +331,7 @@ def commit_staged(
     write_id = uuid.uuid4().hex
     first_read_version = handle.version()
     for attempt in range(policy.max_attempts):
+        handle.sync_delta_rs()
         committed = handle.committed_position(app_id)
         if committed is not None and committed >= position:
             if attempt > 0 and _landed_ours(handle, write_id, since=first_read_version):
@@ -300,7 +518,7 @@ def _landed_ours(handle: TableHandle, write_id: str, *, since: int) -> bool:
         infos = handle.commit_infos(range(since + 1, handle.version() + 1))
     except LakesinkError:
         return False  # only the report's wording depends on it; the table is exact either way
-    return any(info.get("lakesink.writeId") == write_id for info in infos)
+    return any(info.get(WRITE_ID_KEY) == write_id for info in infos)
 
 
 def _commit_info(app_id: str, position: int, write_id: str) -> dict[str, object]:
@@ -309,5 +527,5 @@ def _commit_info(app_id: str, position: int, write_id: str) -> dict[str, object]
         "lakesink.version": __version__,
         "lakesink.appId": app_id,
         "lakesink.position": position,
-        "lakesink.writeId": write_id,
+        WRITE_ID_KEY: write_id,
     }

@@ -115,7 +115,11 @@ class GroupFiles:
         path = f"{directory}/{name}" if directory else name
         context = self.store.open_output(path)
         stream = context.__enter__()
-        writer = pq.ParquetWriter(stream, schema, compression="snappy", write_statistics=True)
+        try:
+            writer = pq.ParquetWriter(stream, schema, compression="snappy", write_statistics=True)  # writes the magic
+        except BaseException as exc:
+            context.__exit__(type(exc), exc, exc.__traceback__)  # raises the store's error (a full disk: transient)
+            raise
         opened = _OpenFile(path, values, schema, context, stream, writer)
         self._open[values] = opened
         return opened

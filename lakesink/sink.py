@@ -14,6 +14,7 @@ from lakesink.commit import ANY_PREVIOUS, AnyPrevious, CommitPolicy, WriteResult
 from lakesink.convert import to_arrow
 from lakesink.crashpoints import crash_point
 from lakesink.errors import ConfigError, InvalidPosition, SchemaMismatch
+from lakesink.log_store import LogStore
 from lakesink.schema import fit
 from lakesink.stage import StagedFile, check_partition_columns, stage_batch
 from lakesink.storage import ObjectStore, StorageOptions, normalize_table_uri, open_store
@@ -31,7 +32,11 @@ class Sink:
             sink.committed_position()       # 42
 
     The table is created on the first write. Keep one Sink open for many writes: it keeps the
-    table's snapshot and refreshes it incrementally, so commits stay cheap as the log grows.
+    table's snapshot and adds its own commits to it, so a commit costs the same at any length of
+    history (one create-only PUT of the next log entry; lakesink.commit).
+
+    `store` (data files) and `log_store` (log entries) are the I/O seams: by default both follow
+    the table URI; tests pass wrappers that fail on cue.
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class Sink:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         store: ObjectStore | None = None,
+        log_store: LogStore | None = None,
         commit_policy: CommitPolicy | None = None,
     ) -> None:
         if not app_id or not isinstance(app_id, str):
@@ -60,7 +66,8 @@ class Sink:
         self._sleep = sleep
         self._policy = commit_policy or CommitPolicy()
         self.store: ObjectStore = store or open_store(self.uri, self._options)
-        self._handle: TableHandle | None = TableHandle.open(self.uri, self._options, writing=True)
+        self._log_store = log_store
+        self._handle: TableHandle | None = self._open()
         if self._handle is not None:
             self._check_partitioning(self._handle)
 
@@ -94,7 +101,7 @@ class Sink:
     def committed_position(self) -> int | None:
         """The last position committed for this app id (None before the first commit)."""
         if self._handle is None:
-            self._handle = TableHandle.open(self.uri, self._options, writing=True)
+            self._handle = self._open()
             if self._handle is None:
                 return None
         return self._handle.committed_position(self.app_id)
@@ -102,7 +109,7 @@ class Sink:
     def refresh(self) -> None:
         """Read log entries other writers added since the last call."""
         if self._handle is None:
-            self._handle = TableHandle.open(self.uri, self._options, writing=True)
+            self._handle = self._open()
         else:
             self._handle.refresh()
 
@@ -191,6 +198,7 @@ class Sink:
             schema=schema,
             partition_by=self._partition_by,
             checkpoint_interval=self._checkpoint_interval,
+            log_store=self._log_store,
         )
         self._check_partitioning(handle)
         self._handle = handle
@@ -235,6 +243,9 @@ class Sink:
             sleep=self._sleep,
             policy=self._policy,
         )
+
+    def _open(self) -> TableHandle | None:
+        return TableHandle.open(self.uri, self._options, writing=True, log_store=self._log_store)
 
     def _check_partitioning(self, handle: TableHandle) -> None:
         existing = handle.partition_columns()

@@ -1,13 +1,13 @@
 """Open, create and refresh a Delta table, and read its `txn` positions without replaying history.
 
-One `TableHandle` stays open for the life of a `Sink`: after each commit it refreshes the snapshot
-incrementally (only the new log entries are read; `txn` positions come from a per-version cache),
-so a commit reads no more of the log as the history grows. Two costs inside delta-rs still grow
-(benchmarks/commit_cost.py, to 5,000 commits): delta-rs LISTs `_delta_log` three times per commit
-(before the log PUT, in its post-commit snapshot update, and in the refresh), which costs per entry
-kept in `_delta_log` on local disk (object_store walks the whole directory) and on moto, but not on
-S3, whose start-after listing returns only the newer entries; and each snapshot update re-processes
-the file metadata (stats) of every live file.
+One `TableHandle` stays open for the life of a `Sink`. Its version is the last log entry this
+writer knows of: the delta-rs snapshot's, or one lakesink created or read itself since
+(`advance`). lakesink's own append commits never go through delta-rs (lakesink.log_store), so
+the delta-rs snapshot is brought up to date only when it is needed: at a checkpoint, when another
+writer changed the table's metadata, or to read a `txn` the per-version cache does not hold.
+A delta-rs snapshot update LISTs `_delta_log` (on local disk and on moto a LIST costs per entry
+kept) and re-processes the stats of every live file, so it grows with the table: paid once per
+checkpoint interval it no longer moves the per-commit cost (benchmarks/commit_cost.py).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
 
 from lakesink.errors import ConfigError, StorageUnavailable, TableError
+from lakesink.log_store import LogStore, open_log_store
 from lakesink.storage import StorageOptions, open_store, redact, visible_entries
 
 log = logging.getLogger(__name__)
@@ -58,21 +59,46 @@ _LEGACY_WRITER_FEATURES = {
 class TableHandle:
     """A Delta table kept open between commits, with a per-snapshot cache of `txn` versions."""
 
-    def __init__(self, table: DeltaTable, *, uri: str, options: StorageOptions, writing: bool = False) -> None:
+    def __init__(
+        self,
+        table: DeltaTable,
+        *,
+        uri: str,
+        options: StorageOptions,
+        writing: bool = False,
+        log_store: LogStore | None = None,
+    ) -> None:
         self.table = table
         self.uri = uri
         self._options = options
+        self._version = table.version()
         self._txn_cache: dict[str, tuple[int, int | None]] = {}
+        self._log_store = log_store
+        self._log_store_opened = log_store is not None
         self._writing = writing
         self._checked: tuple[object, ...] | None = None
         if writing:
             self.check_writable()
 
     def __repr__(self) -> str:
-        return f"TableHandle({self.uri!r}, version={self.table.version()})"
+        return f"TableHandle({self.uri!r}, version={self._version})"
+
+    @property
+    def log_store(self) -> LogStore | None:
+        """Where lakesink creates log entries itself; None: commit through delta-rs (see open_log_store)."""
+        if not self._log_store_opened:
+            self._log_store = open_log_store(self.uri, self._options)
+            self._log_store_opened = True
+        return self._log_store
+
+    def use_delta_rs_commits(self) -> None:
+        """Commit through delta-rs from now on (the store cannot create an object only if absent)."""
+        self._log_store, self._log_store_opened = None, True
 
     @classmethod
-    def open(cls, uri: str, options: StorageOptions, *, writing: bool = False) -> TableHandle | None:
+    def open(
+        cls, uri: str, options: StorageOptions, *, writing: bool = False, log_store: LogStore | None = None
+    ) -> TableHandle | None:
         """The table at `uri`, or None when there is none yet.
 
         With `writing`, the table must be one lakesink can append to (`check_writable`, also after
@@ -89,14 +115,14 @@ class TableHandle:
         except TableNotFoundError:
             if not writing:
                 return None
-            return cls._open_after_checking_location(uri, options)
+            return cls._open_after_checking_location(uri, options, log_store)
         except Exception as exc:
             raise translate(exc, options, doing=f"open {uri}") from exc
         log.info("opened table %s at version %d (storage options %r)", uri, table.version(), options)
-        return cls(table, uri=uri, options=options, writing=writing)
+        return cls(table, uri=uri, options=options, writing=writing, log_store=log_store)
 
     @classmethod
-    def _open_after_checking_location(cls, uri: str, options: StorageOptions) -> TableHandle | None:
+    def _open_after_checking_location(cls, uri: str, options: StorageOptions, log_store: LogStore | None) -> TableHandle | None:
         found = visible_entries(uri, options, limit=3)
         if not found:
             return None
@@ -111,7 +137,7 @@ class TableHandle:
             ) from None
         except Exception as exc:
             raise translate(exc, options, doing=f"open {uri}") from exc
-        return cls(table, uri=uri, options=options, writing=True)
+        return cls(table, uri=uri, options=options, writing=True, log_store=log_store)
 
     @classmethod
     def create(
@@ -122,6 +148,7 @@ class TableHandle:
         schema: pa.Schema,
         partition_by: Sequence[str],
         checkpoint_interval: int,
+        log_store: LogStore | None = None,
     ) -> TableHandle:
         """Create the table, or open it if a concurrent writer created it first."""
         try:
@@ -139,22 +166,22 @@ class TableHandle:
             )
         except Exception as exc:
             # A concurrent creator (or our own lost answer) took version 0: use that table.
-            created = cls.open(uri, options, writing=True)
+            created = cls.open(uri, options, writing=True, log_store=log_store)
             if created is None:
                 raise translate(exc, options, doing=f"create {uri}") from exc
             log.info("table %s was created by a concurrent writer (or our lost answer): using it", uri)
             return created
         log.info("created table %s (partitioned by %s, storage options %r)", uri, list(partition_by) or "nothing", options)
-        handle = cls.open(uri, options, writing=True)
+        handle = cls.open(uri, options, writing=True, log_store=log_store)
         if handle is None:
             raise TableError(f"created {uri} but cannot read it back; check the store's consistency")
         return handle
 
     def version(self) -> int:
-        return self.table.version()
+        return self._version
 
     def refresh(self) -> None:
-        """Read the log entries added since this snapshot (incrementally).
+        """Read the log entries added since the delta-rs snapshot (incrementally), up to the latest.
 
         Raises:
             StorageUnavailable: the store did not answer.
@@ -163,8 +190,40 @@ class TableHandle:
             self.table.update_incremental()
         except Exception as exc:
             raise translate(exc, self._options, doing=f"refresh {self.uri}") from exc
+        self._version = self.table.version()
         if self._writing:
             self.check_writable()  # another writer may have upgraded the protocol
+
+    def sync_delta_rs(self) -> None:
+        """Bring the delta-rs snapshot up to this handle's version, if lakesink's own entries are past it."""
+        if self.table.version() != self._version:
+            self.refresh()
+
+    def advance(self, version: int, txns: dict[str, int]) -> None:
+        """Entry `version`, the one after this handle's, was created or read by lakesink: move to it.
+
+        `txns` are the positions it sets; every other cached position carries over unchanged.
+        """
+        if version != self._version + 1:
+            raise ValueError(f"log entry {version} does not follow version {self._version}")
+        carried = {app: (version, pos) for app, (at, pos) in self._txn_cache.items() if at == self._version}
+        carried.update({app: (version, pos) for app, pos in txns.items()})
+        self._txn_cache = carried
+        self._version = version
+
+    def checkpoint(self, *, cleanup_expired_logs: bool) -> None:
+        """Bring the delta-rs snapshot up to date and write a checkpoint of it (and `_last_checkpoint`).
+
+        Raises:
+            StorageUnavailable: the store did not answer.
+        """
+        self.refresh()
+        try:
+            self.table.create_checkpoint()
+            if cleanup_expired_logs:
+                self.table.cleanup_metadata()
+        except Exception as exc:
+            raise translate(exc, self._options, doing=f"checkpoint {self.uri}") from exc
 
     def check_writable(self) -> None:
         """Refuse a table whose writer protocol asks for more than appending Parquet files.
@@ -188,11 +247,12 @@ class TableHandle:
         self._checked = key
 
     def committed_position(self, app_id: str) -> int | None:
-        """The `txn` version for `app_id` in the current snapshot (None if it has none)."""
-        version = self.table.version()
+        """The `txn` version for `app_id` at this handle's version (None if it has none)."""
         cached = self._txn_cache.get(app_id)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == self._version:
             return cached[1]
+        self.sync_delta_rs()  # transaction_version reads the delta-rs snapshot
+        version = self._version
         try:
             position = self.table.transaction_version(app_id)
         except Exception as exc:
@@ -206,7 +266,7 @@ class TableHandle:
         Otherwise another writer committed too and the next read asks the log, so a zombie's
         commit landed in between is never hidden by the cache.
         """
-        if self.table.version() == read_version + 1:
+        if self._version == read_version + 1:
             self._txn_cache[app_id] = (read_version + 1, position)
 
     def commit_infos(self, versions: range) -> list[dict[str, Any]]:
@@ -236,6 +296,7 @@ class TableHandle:
     def add_columns(self, fields: Sequence[pa.Field]) -> None:
         """Add nullable columns (schema evolution) in a commit of their own, then refresh."""
         delta_fields = DeltaSchema.from_arrow(pa.schema(fields)).fields
+        self.sync_delta_rs()  # alter on a snapshot no older than lakesink's own commits
         try:
             self.table.alter.add_columns(delta_fields)
         except Exception as exc:
@@ -323,9 +384,7 @@ def translate(exc: BaseException, options: StorageOptions | None, *, doing: str)
 _CREDENTIAL_ERRORS = ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden", "invalidtoken")
 # delta-kernel's errors about the log's content (never about the store answering): "Kernel error:
 # Json error: ...", "... No table metadata or protocol found ...", "Unsupported: Feature 'x' ...".
-_UNREADABLE_LOG = re.compile(
-    r"Kernel error: (Unsupported|Json error|No table metadata or protocol)", re.I
-)
+_UNREADABLE_LOG = re.compile(r"Kernel error: (Unsupported|Json error|No table metadata or protocol)", re.I)
 _REQUEST = re.compile(
     r"Error performing (?P<method>[A-Z]+) (?P<url>\S+) in (?P<elapsed>[^,\s]+)(?:, after (?P<retries>\d+) retries)?"
 )

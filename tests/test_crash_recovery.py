@@ -156,22 +156,23 @@ def test_a_sigkill_between_the_parquet_files_of_a_partitioned_batch_then_a_rerun
         # The k-th log entry PUT is the (k-1)-th batch's commit (entry 0 is CREATE TABLE).
         ("log entry applied, answer not returned (batch 1)", DELTA_LOG_ENTRY, 1),
         ("log entry applied, answer not returned (batch 5)", DELTA_LOG_ENTRY, 5),
-        # The table checkpoints every 20 versions: after the commit of version 19 (batch 19).
+        # The table checkpoints every 20 versions: after the commit of version 20 (batch 20).
         ("checkpoint file written, _last_checkpoint not", r"/_delta_log/\d{20}\.checkpoint\.parquet(?:\?|$)", 0),
         ("_last_checkpoint written, its answer not returned", r"/_delta_log/_last_checkpoint(?:\?|$)", 0),
     ],
 )
-def test_a_sigkill_inside_delta_rs_after_a_put_landed_then_a_rerun_leaves_every_record_exactly_once(
+def test_a_sigkill_after_a_log_or_checkpoint_put_landed_then_a_rerun_leaves_every_record_exactly_once(
     point: str, pattern: str, after: int, tmp_path: Path, s3_bucket: str, s3_options: dict[str, str],
     moto_server: MotoServer
 ) -> None:
-    """Crash points inside delta-rs, injected at the fault proxy: the `lakesink ingest` process is
-    SIGKILLed once moto has applied the matching PUT and before the answer reaches it. The committed
+    """Crash points inside a commit (lakesink's log entry PUT, delta-rs's checkpoint), injected at the
+    fault proxy: the `lakesink ingest` process is SIGKILLed once moto has applied the matching PUT
+    and before the answer reaches it. The committed
     position is exactly the batches whose log entry landed (a landed entry counts although its writer
     never heard back); the rerun resumes there and the table ends exactly once, its position never
     having gone back."""
     dataset = write_ndjson_files(tmp_path / "source", files=6, rows_per_file=25)
-    positions = dataset.batch_positions(5)  # 30 commits: one checkpoint, after batch 19
+    positions = dataset.batch_positions(5)  # 30 commits: one checkpoint, after batch 20
     uri = f"s3://{s3_bucket}/table"
     with FaultProxy(moto_server.endpoint) as proxy:
         options = {**s3_options, "AWS_ENDPOINT_URL": proxy.endpoint}
@@ -183,7 +184,7 @@ def test_a_sigkill_inside_delta_rs_after_a_put_landed_then_a_rerun_leaves_every_
         assert proc.returncode == -signal.SIGKILL, f"{point}: expected SIGKILL, got {proc.returncode}: {stderr}"
         killed_on = [e for e in proxy.events if e.action.startswith("applied, then killed")]
         assert len(killed_on) == 1, [(e.method, e.path, e.action) for e in proxy.events[-5:]]
-    done_batches = after if pattern == DELTA_LOG_ENTRY else 19
+    done_batches = after if pattern == DELTA_LOG_ENTRY else 20
     expected = positions[done_batches - 1]
     crashed_at = committed_position(uri, s3_options, moto_server.env())
     assert crashed_at == expected, f"{point}: killed on {killed_on[0].path}"

@@ -176,6 +176,9 @@ def test_a_batch_staged_by_an_ingest_killed_after_stage_is_collected_after_the_g
     staged = sorted(set(parquet_files_on_store(table_uri, storage_options)) - set(table_files(table_uri, storage_options)))
     # The second batch at least: on the store, in no commit (the encoder may have written later ones too).
     assert len(staged) >= 1
+    # On local disk an encoder killed mid-file leaves its `<name>.<pid>.tmp`: garbage too.
+    partial = [] if table_uri.startswith("s3://") else [str(p) for p in Path(table_uri).rglob("*.parquet.*.tmp")]
+    staged = sorted(staged + partial)
     committed_ledger, orphan_ledger = ledger_path(APP_ID, positions[0]), ledger_path(APP_ID, positions[1])
     assert store.info(orphan_ledger) is not None
 

@@ -3,15 +3,11 @@
 A fault proxy (tests/support/fault_proxy.py) sits between lakesink and the real moto S3 server.
 Armed, it lets the PUT of a log entry `_delta_log/<version>.json` reach the server (the commit is
 applied) and then cuts the client's connection instead of answering, either with a reset (RST) or
-with a clean close (FIN). What delta-rs 1.6.6 / object_store do then, as these tests pin down:
-
-* reset: object_store does not re-send the PUT; delta-rs raises OSError "Generic S3 error ...
-  Connection reset by peer"; lakesink treats the outcome as unknown, refreshes, finds its `txn`
-  in a commit tagged with this write's id and returns "committed".
-* close: object_store re-sends the PUT (If-None-Match: *), the server answers 412 because the
-  entry exists; delta-rs reads that entry as a concurrent winner, its conflict check finds the
-  same app id's `txn` and raises CommitFailedError; lakesink refreshes, recognises its own write id
-  in that commit and returns "committed" (a concurrent copy's commit would be "skipped").
+with a clean close (FIN). What happens then, as these tests pin down: lakesink creates log entries
+with boto3 (lakesink.log_store), which re-sends the PUT after either (still `If-None-Match: *`);
+the server answers 412 because the entry exists; lakesink reads that entry back, finds this
+write's id in its commitInfo and returns "committed" (a concurrent copy's commit would be
+"skipped"). The table-creating commit (version 0) and checkpoints are delta-rs's.
 
 All counts are read from the server directly (not through the proxy), with delta-rs and DuckDB.
 """
@@ -24,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import deltalake
+import boto3
 import pyarrow as pa
 import pytest
 
@@ -88,9 +84,9 @@ def test_a_commit_whose_answer_is_lost_after_it_landed_is_reported_committed_and
         assert (retry.status, retry.reason) == ("skipped", "already committed")
         assert table_version(uri, s3_options) == 2
 
-    # What delta-rs/object_store did with the lost answer (see the module docstring).
-    expected_puts = {"reset": [(200, "dropped (reset)")], "close": [(200, "dropped (close)"), (412, "relayed")]}[how]
-    assert log_put_outcomes(proxy, 2) == expected_puts, f"deltalake {deltalake.__version__} changed its retries"
+    # What boto3 did with the lost answer (see the module docstring): re-sent it, and was refused.
+    expected_puts = [(200, f"dropped ({how})"), (412, "relayed")]
+    assert log_put_outcomes(proxy, 2) == expected_puts, f"boto3 {boto3.__version__} changed its retries"
     assert (result.status, result.reason) == ("committed", "the answer was lost; the log shows this write's commit landed")
     assert result.rows == len(ids(2))
 
@@ -116,25 +112,25 @@ def test_a_lost_answer_to_the_table_creating_commit_still_creates_the_table_once
 def test_lost_answers_to_the_checkpoint_write_are_retried_and_change_no_row(
     how: str, proxy: FaultProxy, proxied_options: dict[str, str], s3_bucket: str, s3_options: dict[str, str]
 ) -> None:
-    """The 20th commit writes a checkpoint in delta-rs's post-commit hook; its first two answers are
-    lost. object_store re-sends that PUT (it overwrites), the write is committed, and later writes
-    read the table through the checkpoint with every row once."""
+    """The commit of version 20 is followed by a checkpoint (delta-rs's create_checkpoint); its first
+    two answers are lost. object_store re-sends that PUT (it overwrites), the write is committed, and
+    later writes read the table through the checkpoint with every row once."""
     uri = f"s3://{s3_bucket}/table"
     checkpoint = r"/_delta_log/\d{20}\.checkpoint\.parquet"
     with Sink(uri, app_id=APP_ID, storage_options=proxied_options) as sink:
-        for position in range(1, 19):
+        for position in range(1, 20):
             sink.write(rows(position), position=position)
         proxy.drop_response_after_apply(checkpoint, how=how, times=2)
-        assert sink.write(rows(19), position=19).status == "committed"  # version 19: the checkpoint
+        assert sink.write(rows(20), position=20).status == "committed"  # version 20: the checkpoint
         assert not proxy.armed()
         outcomes = [(e.status, e.action) for e in proxy.matching(checkpoint, method="PUT")]
         print(f"{how}: checkpoint PUTs {outcomes}")
         assert outcomes == [(200, f"dropped ({how})")] * 2 + [(200, "relayed")]
-        for position in range(20, 23):
+        for position in range(21, 24):
             assert sink.write(rows(position), position=position).status == "committed"
     with Sink(uri, app_id=APP_ID, storage_options=s3_options) as direct:
-        assert direct.committed_position() == 22
-    assert_exactly_once(uri, s3_options, ids(*range(1, 23)))
+        assert direct.committed_position() == 23
+    assert_exactly_once(uri, s3_options, ids(*range(1, 24)))
 
 
 def test_a_lost_answer_with_the_log_unreadable_raises_commit_outcome_unknown_and_a_retry_is_skipped(

@@ -1,0 +1,94 @@
+"""The bytes of one lakesink append commit, and what any log entry tells a committer.
+
+An append commit is a Delta log entry (PROTOCOL.md, "Delta Log Entries") holding, one JSON
+action per line: `commitInfo` (tagged with this write's id, so a writer can recognise its own
+commit after a lost answer), one `add` per staged file, and `txn(appId, version=position)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from lakesink.errors import TableError
+from lakesink.stage import StagedFile
+
+WRITE_ID_KEY = "lakesink.writeId"
+
+
+def encode_append(
+    staged: Sequence[StagedFile],
+    *,
+    app_id: str,
+    position: int,
+    now_ms: int,
+    read_version: int,
+    partition_by: Sequence[str],
+    commit_info: Mapping[str, object],
+    client_version: str,
+) -> bytes:
+    """The log entry that appends `staged` and sets `txn(app_id, position)`."""
+    info = {
+        "timestamp": now_ms,
+        "operation": "WRITE",
+        "operationParameters": {"mode": "Append", "partitionBy": json.dumps(list(partition_by))},
+        "readVersion": read_version,
+        "isBlindAppend": True,
+        "clientVersion": client_version,
+        **commit_info,
+    }
+    lines = [json.dumps({"commitInfo": info}, separators=(",", ":"))]
+    for f in staged:
+        add = {
+            # A URI relative to the table root: the object's name percent-encoded once more
+            # (a partition directory `p=a%20b` is logged as `p=a%2520b`, as delta-rs logs it).
+            "path": quote(f.path, safe="/="),
+            "partitionValues": dict(f.partition_values),
+            "size": f.size,
+            "modificationTime": now_ms,
+            "dataChange": True,
+            "stats": f.stats,
+        }
+        lines.append(json.dumps({"add": add}, separators=(",", ":")))
+    lines.append(json.dumps({"txn": {"appId": app_id, "version": position, "lastUpdated": now_ms}}, separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class EntrySummary:
+    """What a committer needs from an entry another attempt (or writer) created."""
+
+    txns: dict[str, int]  # appId -> version set by this entry
+    write_id: str | None  # lakesink's write id in its commitInfo, if any
+    changes_table: bool  # it holds metaData or protocol: schema, partitioning or features may have changed
+
+
+def summarize(body: bytes, *, version: int) -> EntrySummary:
+    """Read the actions of log entry `version` that decide a commit.
+
+    Raises:
+        TableError: a line is not JSON (the log is damaged: nothing can be decided from it).
+    """
+    txns: dict[str, int] = {}
+    write_id: str | None = None
+    changes = False
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            action = json.loads(line)
+        except ValueError as exc:
+            raise TableError(f"log entry {version} line {number} is not JSON ({exc}): the Delta log is damaged") from exc
+        if not isinstance(action, dict):
+            continue
+        if "txn" in action:
+            txn = action["txn"]
+            txns[str(txn["appId"])] = int(txn["version"])
+        elif "commitInfo" in action:
+            found = action["commitInfo"].get(WRITE_ID_KEY)
+            write_id = found if isinstance(found, str) else write_id
+        elif "metaData" in action or "protocol" in action:
+            changes = True
+    return EntrySummary(txns=txns, write_id=write_id, changes_table=changes)
