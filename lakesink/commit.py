@@ -117,37 +117,38 @@ def commit_staged(
         SchemaMismatch: another writer changed the table's schema so that the staged files no longer fit.
         TerminalError: the commit was refused for a reason retrying cannot fix.
     """
+    job = _Job(handle, staged, app_id, position, schema, partition_by, clock, previous, sleep, policy)
     log_store = handle.log_store
     if log_store is not None:
         try:
-            return _commit_by_log_entry(
-                handle, log_store, staged, app_id=app_id, position=position, schema=schema, partition_by=partition_by,
-                clock=clock, previous=previous, sleep=sleep, policy=policy,
-            )  # fmt: skip
+            return _commit_by_log_entry(job, log_store)
         except ConditionalPutUnsupported as exc:
             log.warning("%s: %s; committing through delta-rs from now on", handle.uri, exc)
             handle.use_delta_rs_commits()
-    return _commit_through_delta_rs(
-        handle, staged, app_id=app_id, position=position, schema=schema, partition_by=partition_by,
-        clock=clock, previous=previous, sleep=sleep, policy=policy,
-    )  # fmt: skip
+    return _commit_through_delta_rs(job)
 
 
-def _commit_by_log_entry(
-    handle: TableHandle,
-    log_store: LogStore,
-    staged: Sequence[StagedFile],
-    *,
-    app_id: str,
-    position: int,
-    schema: pa.Schema,
-    partition_by: Sequence[str],
-    clock: Callable[[], float],
-    previous: int | AnyPrevious | None,
-    sleep: Callable[[float], None],
-    policy: CommitPolicy,
-) -> WriteResult:
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One `commit_staged` call's arguments, for whichever way it commits."""
+
+    handle: TableHandle
+    staged: Sequence[StagedFile]
+    app_id: str
+    position: int
+    schema: pa.Schema
+    partition_by: Sequence[str]
+    clock: Callable[[], float]
+    previous: int | AnyPrevious | None
+    sleep: Callable[[float], None]
+    policy: CommitPolicy
+
+
+def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
     """Steps 1-4 of the module doc, with lakesink creating the log entry itself."""
+    handle, staged, app_id, position, previous, sleep, policy = (
+        job.handle, job.staged, job.app_id, job.position, job.previous, job.sleep, job.policy
+    )  # fmt: skip
     # Tags the entry, so after a lost answer the log tells whether the commit holding our
     # position is ours (report it committed) or a concurrent copy's (skipped).
     write_id = uuid.uuid4().hex
@@ -171,9 +172,9 @@ def _commit_by_log_entry(
             staged,
             app_id=app_id,
             position=position,
-            now_ms=int(clock() * 1000),
+            now_ms=int(job.clock() * 1000),
             read_version=version - 1,
-            partition_by=partition_by,
+            partition_by=job.partition_by,
             commit_info=_commit_info(app_id, position, write_id),
             client_version=f"lakesink-{__version__}",
         )
@@ -222,7 +223,7 @@ def _commit_by_log_entry(
             _refresh_or_unknown(
                 handle, app_id, position, last_error or RuntimeError("concurrent commit"), sleep=sleep, policy=policy
             )
-            _check_files_still_fit(handle, schema, partition_by, app_id=app_id, position=position)
+            _check_files_still_fit(handle, job.schema, job.partition_by, app_id=app_id, position=position)
             others = 0
         else:
             handle.advance(version, summary.txns)
@@ -310,20 +311,11 @@ def _check_files_still_fit(
         )
 
 
-def _commit_through_delta_rs(
-    handle: TableHandle,
-    staged: Sequence[StagedFile],
-    *,
-    app_id: str,
-    position: int,
-    schema: pa.Schema,
-    partition_by: Sequence[str],
-    clock: Callable[[], float],
-    previous: int | AnyPrevious | None,
-    sleep: Callable[[float], None],
-    policy: CommitPolicy,
-) -> WriteResult:
+def _commit_through_delta_rs(job: _Job) -> WriteResult:
     """Steps 1-3 of the module doc, with delta-rs committing (for stores without create-only PUTs)."""
+    handle, staged, app_id, position, previous, sleep, policy = (
+        job.handle, job.staged, job.app_id, job.position, job.previous, job.sleep, job.policy
+    )  # fmt: skip
     rows = sum(f.num_records for f in staged)
     last_error: BaseException | None = None
     # Tags every attempt's commitInfo, so after a lost answer the log tells whether the commit
@@ -345,14 +337,14 @@ def _commit_through_delta_rs(
             return stale_result(handle, app_id, position, committed, previous)
         read_version = handle.version()
         hooks = _post_commit_hooks(handle, read_version)
-        now_ms = int(clock() * 1000)
+        now_ms = int(job.clock() * 1000)
         try:
             crash_point("before_commit")
             handle.table.create_write_transaction(
                 [_add_action(f, now_ms) for f in staged],
                 "append",
-                schema,
-                partition_by=list(partition_by) or None,
+                job.schema,
+                partition_by=list(job.partition_by) or None,
                 commit_properties=CommitProperties(
                     custom_metadata=_commit_info(app_id, position, write_id),
                     app_transactions=[Transaction(app_id, position, now_ms)],

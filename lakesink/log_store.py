@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from lakesink.errors import ConfigError, LakesinkError, StorageUnavailable
-from lakesink.storage import StorageOptions, is_remote, parse_seconds, redact
+from lakesink.storage import StorageOptions, fsync_path, is_remote, parse_seconds, redact
 
 LOG_DIR = "_delta_log"
 
@@ -81,7 +81,7 @@ class LocalLogStore:
                 os.link(tmp, final)
             except FileExistsError:
                 return False
-            _fsync_dir(self._dir)
+            fsync_path(self._dir)
             return True
         except OSError as exc:
             raise StorageUnavailable(f"could not write log entry {final}: {exc}. Check the disk, then rerun.") from exc
@@ -98,14 +98,6 @@ class LocalLogStore:
             return None
         except OSError as exc:
             raise StorageUnavailable(f"could not read log entry {path}: {exc}. Check the disk, then rerun.") from exc
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class S3LogStore:

@@ -259,7 +259,7 @@ class ArrowObjectStore:
                 yield out
                 out.close()
                 if local:
-                    _fsync_path(target)
+                    fsync_path(target)
                     os.replace(target, full)
             except OSError as exc:
                 raise _storage_error("write", full, exc) from exc
@@ -338,7 +338,8 @@ def _write_local_atomically(full: str, data: bytes) -> None:
         raise
 
 
-def _fsync_path(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync a file, or a directory (so that a rename or link into it survives a power cut)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
