@@ -29,7 +29,7 @@ SECRET = "CanarySecret-7f3e9b2d41a6c058"
 TOKEN = "CanaryToken-d93a7c1e5b80f2e4"
 CANARIES = (SECRET, TOKEN)
 LAKESINK_KEYS = {"lakesink.version", "lakesink.appId", "lakesink.position", "lakesink.writeId"}
-# What delta-rs 1.x writes into commitInfo itself (create, append, add columns, checkpoints).
+# Delta's standard commitInfo keys, as delta-rs 1.x (create, add columns, checkpoints) and lakesink's own log entries write them.
 DELTA_RS_KEYS = {
     "timestamp", "operation", "operationParameters", "operationMetrics", "clientVersion", "engineInfo",
     "readVersion", "isBlindAppend", "isolationLevel", "userMetadata", "txnId",
