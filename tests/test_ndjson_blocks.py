@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 
@@ -263,19 +262,62 @@ def test_a_line_over_the_limit_found_ahead_fails_after_the_records_before_it(tmp
     source = FileSource(str(tmp_path), max_record_bytes=64)
     file = source.files[0]
     reader = ndjson.NdjsonReader(0, file, source.location(file), 64, quarantine=False, evolve=False)
-    runs = []
-    for ahead in (None, ThreadPoolExecutor(1)):
-        got: list[Chunk] = []
-        with source.store.open_input(file.path) as stream, pytest.raises(lakesink.BadRecord) as raised:
-            for chunk in reader.chunks(stream, lambda: None, ahead):
-                got.append(chunk)
-        runs.append((ids(got), str(raised.value)))
-        if ahead is not None:
-            ahead.shutdown()
-    assert runs[0] == runs[1]
-    assert runs[1][0] == list(range(100))
+    got: list[Chunk] = []
+    with source.store.open_input(file.path) as stream, pytest.raises(lakesink.BadRecord) as in_turn:
+        for chunk in reader.chunks(stream, lambda: None):
+            got.append(chunk)
+    assert ids(got) == list(range(100))
+    got = []
+    with pytest.raises(lakesink.BadRecord) as ahead:
+        for chunk in source.chunks(FilePosition(0, 0), schema=None):
+            got.append(chunk)
+    assert str(ahead.value) == str(in_turn.value)
     offset = data.index(b'{"id": 100')
-    assert f":101: the record at byte offset {offset} is longer" in runs[1][1]
+    assert f":101: the record at byte offset {offset} is longer" in str(ahead.value)
+    # FileSource holds a file's chunk back until it knows whether it is the last: one fewer.
+    assert ids(got) == list(range(got[-1].row_end)) and got[-1].row_end > 80
+    assert not [t for t in threading.enumerate() if t.name.startswith("lakesink-read-ahead")]
+
+
+def test_files_are_read_ahead_across_file_ends_in_order(tmp_path: Path) -> None:
+    # Many files, large and small, empty, blank-only and CSV between them; read from the middle
+    # of one (a resume), every record comes once, in order, from its own file.
+    expected: list[tuple[int, int]] = []
+    sizes = [0, 1, 300, 5, 0, 2, 120, 1]
+    for n, size in enumerate(sizes):
+        name = tmp_path / f"f{n:02d}.ndjson"
+        name.write_bytes(b"".join(record(1000 * n + i) + b"\n" for i in range(size)) + (b"  \n" if n == 3 else b""))
+    (tmp_path / "f04b.csv").write_text("id,name\n7,x\n")
+    source = FileSource(str(tmp_path), max_record_bytes=64)
+    assert [f.format for f in source.files].count("csv") == 1
+    for start in (FilePosition(0, 0), FilePosition(2, 150)):
+        chunks = list(source.chunks(start, schema=None))
+        got = [(c.file_index, i) for c in chunks if c.table.num_columns for i in c.table.column("id").to_pylist()]
+        expected = []
+        for index, file in enumerate(source.files):
+            if index < start.file_index:
+                continue
+            skip = start.row if index == start.file_index else 0
+            if file.format == "csv":
+                expected.append((index, 7))
+            else:
+                n = int(file.path[1:3])
+                expected += [(index, 1000 * n + i) for i in range(skip, sizes[n])]
+        assert got == expected
+        assert [c.file_index for c in chunks if c.last] == list(range(start.file_index, len(source.files)))
+
+
+def test_a_file_that_cannot_be_opened_fails_after_every_chunk_of_the_files_before_it(tmp_path: Path) -> None:
+    for n in range(3):
+        (tmp_path / f"f{n}.ndjson").write_bytes(b"".join(record(10 * n + i) + b"\n" for i in range(5)))
+    source = FileSource(str(tmp_path), max_record_bytes=64)
+    (tmp_path / "f1.ndjson").unlink()  # listed, then gone
+    got: list[Chunk] = []
+    with pytest.raises(Exception):  # noqa: B017 - whatever the store raises for a missing file
+        for chunk in source.chunks(FilePosition(0, 0), schema=None):
+            got.append(chunk)
+    assert ids(got) == list(range(5)) and got[-1].last
+    assert not [t for t in threading.enumerate() if t.name.startswith("lakesink-read-ahead")]
 
 
 def test_counting_blank_lines_does_not_import_pandas() -> None:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from lakesink.errors import BadRecord, ConfigError, SourceContractViolation
 from lakesink.sources.csv_rows import CsvReader
-from lakesink.sources.ndjson import NdjsonReader
+from lakesink.sources.ndjson import Block, NdjsonReader
 from lakesink.sources.records import Chunk, Format, Rejected, SchemaNow, SourceFile, no_columns
 from lakesink.storage import (
     ObjectInfo,
@@ -198,14 +198,17 @@ class FileSource:
                 max_record_bytes; names the file and line.
         """
         schema_now: SchemaNow = schema if callable(schema) else (lambda: schema)
-        # One thread reads NDJSON a block ahead of the parse (started at the first such read).
-        with ThreadPoolExecutor(1, thread_name_prefix="lakesink-read-ahead") as ahead:
-            for index in range(start.file_index, len(self.files)):
-                skip = start.row if index == start.file_index else 0
-                yield from self._file_chunks(index, skip, schema_now, ahead, evolve=evolve, quarantine=quarantine)
+        with ThreadPoolExecutor(1, thread_name_prefix="lakesink-read-ahead") as executor:
+            ahead = _NdjsonAhead(self, start.file_index, executor, evolve=evolve, quarantine=quarantine)
+            try:
+                for index in range(start.file_index, len(self.files)):
+                    skip = start.row if index == start.file_index else 0
+                    yield from self._file_chunks(index, skip, schema_now, ahead, evolve=evolve, quarantine=quarantine)
+            finally:
+                ahead.stop()
 
     def _file_chunks(
-        self, index: int, skip: int, schema_now: SchemaNow, ahead: Executor, *, evolve: bool, quarantine: bool
+        self, index: int, skip: int, schema_now: SchemaNow, ahead: _NdjsonAhead, *, evolve: bool, quarantine: bool
     ) -> Iterator[Chunk]:
         file = self.files[index]
         records = 0
@@ -227,15 +230,14 @@ class FileSource:
             pending = Chunk(index, file, no_columns(), records, records, last=False)
         yield replace(pending, last=True)
 
-    def _read(self, index: int, schema_now: SchemaNow, ahead: Executor, *, evolve: bool, quarantine: bool) -> Iterator[Chunk]:
+    def _read(self, index: int, schema_now: SchemaNow, ahead: _NdjsonAhead, *, evolve: bool, quarantine: bool) -> Iterator[Chunk]:
         file = self.files[index]
         if file.size == 0:
             return
         location = self.location(file)
         if file.format == "ndjson":
             ndjson = NdjsonReader(index, file, location, self.max_record_bytes, quarantine=quarantine, evolve=evolve)
-            with self.store.open_input(file.path) as stream:
-                yield from ndjson.chunks(stream, schema_now, ahead)
+            yield from ndjson.parse(ahead.blocks(index), schema_now)
         elif file.format == "csv":
             rows = CsvReader(index, file, location, self.max_record_bytes, quarantine=quarantine, evolve=evolve)
             yield from rows.chunks(lambda: self.store.open_input(file.path), schema_now)
@@ -254,6 +256,59 @@ class FileSource:
                 f"{self.location(file)}: not a readable Parquet file ({exc}). Fix or remove the file, then rerun; "
                 "nothing was committed from its batch."
             ) from exc
+
+
+class _NdjsonAhead:
+    """The blocks of the NDJSON files from files[first] on, read one block ahead on `executor`'s thread.
+
+    The read-ahead runs on across file ends: the next file is opened and its first block read
+    while the last block of the one before is parsed. A read's error (the file cannot be opened,
+    a line over the limit) is raised where its block would have come, so after every chunk of the
+    files before it. Files are opened and closed on that thread; after `stop`, none is open.
+    """
+
+    def __init__(self, source: FileSource, first: int, executor: Executor, *, evolve: bool, quarantine: bool) -> None:
+        self._reads = self._read_all(source, first, evolve=evolve, quarantine=quarantine)
+        self._executor = executor
+        self._pending: Future[tuple[int, Block | None] | None] | None = None
+
+    @staticmethod
+    def _read_all(
+        source: FileSource, first: int, *, evolve: bool, quarantine: bool
+    ) -> Generator[tuple[int, Block | None], None, None]:
+        """(index, block) for each block of each NDJSON file in turn, and (index, None) at its end."""
+        for index in range(first, len(source.files)):
+            file = source.files[index]
+            if file.format != "ndjson" or file.size == 0:
+                continue
+            reader = NdjsonReader(
+                index, file, source.location(file), source.max_record_bytes, quarantine=quarantine, evolve=evolve
+            )
+            with source.store.open_input(file.path) as stream:
+                for block in reader.blocks(stream):
+                    yield index, block
+            yield index, None
+
+    def blocks(self, index: int) -> Iterator[Block]:
+        """The blocks of files[index], which must be the next NDJSON file not read yet."""
+        while True:
+            if self._pending is None:
+                self._pending = self._executor.submit(next, self._reads, None)
+            item = self._pending.result()
+            # The next block is read (or the next file opened) while the caller works on this one.
+            self._pending = self._executor.submit(next, self._reads, None) if item is not None else None
+            if item is None or item[0] != index:
+                raise RuntimeError(f"lakesink: NDJSON read ahead out of order (file #{index}, got {item and item[0]})")
+            if item[1] is None:
+                return
+            yield item[1]
+
+    def stop(self) -> None:
+        """Wait for the read under way, then close the file being read, if any."""
+        if self._pending is not None and not self._pending.cancel():
+            wait([self._pending])
+        self._pending = None
+        self._reads.close()
 
 
 def _split_remote_glob(uri: str) -> tuple[str, str | None]:

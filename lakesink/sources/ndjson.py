@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Iterator
-from concurrent.futures import Executor, Future, wait
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -80,20 +79,20 @@ class NdjsonReader:
     quarantine: bool  # keep bad records in the chunk instead of raising
     evolve: bool
 
-    def chunks(self, stream: pa.NativeFile, schema_now: SchemaNow, ahead: Executor | None = None) -> Iterator[Chunk]:
+    def chunks(self, stream: pa.NativeFile, schema_now: SchemaNow) -> Iterator[Chunk]:
         """Every record of the file, a chunk per block; the caller marks the last one.
 
-        With `ahead` (an executor of one thread), a file longer than one read is read a block
-        ahead on its thread, while pyarrow parses the block before.
+        (FileSource reads the blocks ahead on a thread of their own and hands them to `parse`.)
 
         Raises:
             BadRecord: a record longer than max_record_bytes; or, unless quarantining, the first
                 record that is not a JSON object or does not fit the table's schema.
         """
+        return self.parse(self.blocks(stream), schema_now)
+
+    def parse(self, blocks: Iterable[Block], schema_now: SchemaNow) -> Iterator[Chunk]:
+        """The chunks of the file's blocks (`blocks(stream)`, read in turn or ahead), as `chunks` says."""
         record = 0
-        blocks = self._blocks(stream)
-        if ahead is not None and self.file.size > min(self.max_record_bytes, _READ_BYTES):
-            blocks = _read_ahead(blocks, ahead)
         for block in blocks:
             if block.records == 0 and _NOT_SPACE.search(block.data) is None:
                 continue  # blank lines are not records
@@ -113,7 +112,7 @@ class NdjsonReader:
             return True
         return set(table.column_names) <= set(schema.names)
 
-    def _blocks(self, stream: pa.NativeFile) -> Iterator[Block]:
+    def blocks(self, stream: pa.NativeFile) -> Iterator[Block]:
         """The file in blocks cut after the last line end of each read; a line over the limit raises.
 
         A read goes straight into the next block's buffer, after the line the last read cut, so a
@@ -261,22 +260,6 @@ def _count_newlines(data: bytearray, start: int, stop: int) -> int:
         return data.count(b"\n", start, stop)
     view = _np.frombuffer(data, _np.uint8, stop - start, start)
     return sum(int(_np.count_nonzero(view[at : at + _COUNT_PIECE] == 10)) for at in range(0, stop - start, _COUNT_PIECE))
-
-
-def _read_ahead(blocks: Iterator[Block], ahead: Executor) -> Iterator[Block]:
-    """`blocks`, each read on `ahead`'s thread while the caller works on the one before.
-
-    At most one block is read ahead. A read's error is raised where its block would have come.
-    When this generator ends or is closed, no read is running any more: the stream may be closed.
-    """
-    pending: Future[Block | None] = ahead.submit(next, blocks, None)
-    try:
-        while (block := pending.result()) is not None:
-            pending = ahead.submit(next, blocks, None)
-            yield block
-    finally:
-        if not pending.cancel():
-            wait([pending])
 
 
 def _matches(data: bytearray, pattern: str) -> bool:
