@@ -22,11 +22,13 @@ and the ratio of each window's median to the first's. Right after each lakesink 
 writes also go to a new, empty table on the same store: on a shared machine whose load changes over
 a 20-minute run, the window's median over that fresh table's (`ratio_to_fresh_table`) is the growth
 due to history alone. For the lakesink runs each write is also split
-into phases (stage, refresh, txn lookup, commit incl. the post-commit checkpoint hook), commits that
+into phases (stage, refresh, txn lookup, commit: the log entry's create, and the checkpoint through
+delta-rs on every 20th version), commits that
 wrote a checkpoint are reported apart, and at the end of every window the benchmark probes what
 the store's LIST costs at that size (moto's ListObjectsV2 of `_delta_log/` with start-after, as
-delta-rs sends it; the number of `_delta_log` entries on local disk), since delta-rs sends three
-LISTs per commit. After the local run, 60 more writes go to two copies of its `_delta_log`, as it
+delta-rs sends it; the number of `_delta_log` entries on local disk): a checkpoint commit lists the
+log, a plain one no longer does (before lakesink created log entries itself, delta-rs sent three
+LISTs per commit). After the local run, 60 more writes go to two copies of its `_delta_log`, as it
 is and cut at its last checkpoint (what the expired-log cleanup does once entries pass the log
 retention): same live files, different log length (`log_size_attribution`). Results go to
 benchmarks/results/commit_cost.json (`--quick`: commit_cost-quick.json), with a Markdown table
@@ -218,7 +220,7 @@ def phase_summary(reps: list[dict[str, Any]], wins: list[Window]) -> dict[str, A
     for window in wins:
         rows = [p for rep in reps for p in pick(rep["per_write"], window)]
         out["windows"][label(window)] = {name: statistics.median([r.get(name, 0.0) for r in rows]) for name in names}
-    # `checkpoints` are the versions the post-commit hook wrote a checkpoint for (listed after the run).
+    # `checkpoints` are the versions a checkpoint was written for (listed after the run).
     # Commit number i made version i (version 0 is the CREATE TABLE of the first write).
     ckpt_by_window: dict[str, list[float]] = defaultdict(list)
     firsts: list[float] = []
@@ -278,9 +280,8 @@ def checkpoint_versions(store: Any) -> set[int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# what a LIST costs at the table's size (delta-rs sends three per commit: before the log PUT, in
-# the post-commit snapshot update, and in the refresh; all of `_delta_log/` with start-after the
-# current version)
+# what a LIST costs at the table's size (delta-rs sends one when lakesink has it checkpoint, all of
+# `_delta_log/` with start-after its snapshot's version; it sent three per commit when it committed)
 
 
 def _median_ms(fn: Callable[[], Any], times: int = 10) -> float:
@@ -392,9 +393,9 @@ def log_size_attribution(table: Path, n: int, *, commits: int, checkpoint_interv
     the table's `_delta_log` (the data files are not read by a commit, so they are not copied): as it
     is, and with the entries before the last checkpoint removed, which is what the expired-log
     cleanup does once they are older than `delta.logRetentionDuration` (30 days by default). Both
-    copies hold the same n live files; only the number of `_delta_log` entries differs, and
-    delta-rs lists the whole `_delta_log` directory (object_store's local LIST with an offset walks
-    every entry) three times a commit.
+    copies hold the same n live files; only the number of `_delta_log` entries differs, which
+    mattered when delta-rs committed (its local LIST walks every entry, three times a commit); with
+    lakesink creating the entries itself the two should match.
     """
     out: dict[str, Any] = {"after_commits": n, "commits": commits}
     for variant in ("log_as_is", "log_before_last_checkpoint_removed"):
