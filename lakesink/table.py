@@ -30,10 +30,10 @@ from lakesink.storage import StorageOptions, open_store, redact, visible_entries
 
 log = logging.getLogger(__name__)
 
-# delta-rs writes a checkpoint every `delta.checkpointInterval` commits in its post-commit hook.
-# Frequent checkpoints keep log replay short: delta-rs's snapshot update (in every commit and
-# refresh) replays the log entries after the last checkpoint, and `transaction_version` (on a cache
-# miss) GETs them all. A checkpoint's own cost grows with the number of live files, but it is paid
+# lakesink has delta-rs write a checkpoint every `delta.checkpointInterval` versions (lakesink.commit).
+# Frequent checkpoints keep log replay short: a reader's or writer's open, and the delta-rs snapshot
+# update before each checkpoint, replay the log entries after the last checkpoint, and
+# `transaction_version` (on a cache miss) GETs them all. A checkpoint's own cost grows with the number of live files, but it is paid
 # once per interval and never moves the median commit (see benchmarks/commit_cost.py).
 DEFAULT_CHECKPOINT_INTERVAL = 20
 
