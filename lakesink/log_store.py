@@ -7,7 +7,8 @@ re-reads the stats of every live file (benchmarks/commit_cost.py): a commit made
 create-only PUT, whatever the length of the history.
 
 * Local disk: the entry is written to a temporary file, fsynced, and hard-linked to its name;
-  `link` fails when the name exists, so two writers cannot both create it.
+  `link` fails when the name exists, so two writers cannot both create it. (A filesystem without
+  hard links: ConditionalPutUnsupported, and delta-rs commits instead.)
 * S3 (and stores that speak its conditional PUT: moto, MinIO, LocalStack): `PutObject` with
   `If-None-Match: *` answers 412 when the key exists. boto3 re-sends a PUT whose answer was lost;
   that is safe here, because a re-sent create of an entry that landed is refused (412) and the
@@ -17,6 +18,7 @@ create-only PUT, whatever the length of the history.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from typing import Any, Protocol
@@ -81,6 +83,10 @@ class LocalLogStore:
                 os.link(tmp, final)
             except FileExistsError:
                 return False
+            except OSError as exc:
+                if exc.errno in _NO_HARD_LINKS:
+                    raise ConditionalPutUnsupported(f"{self._dir}: the filesystem has no hard links ({exc})") from None
+                raise
             fsync_path(self._dir)
             return True
         except OSError as exc:
@@ -98,6 +104,10 @@ class LocalLogStore:
             return None
         except OSError as exc:
             raise StorageUnavailable(f"could not read log entry {path}: {exc}. Check the disk, then rerun.") from exc
+
+
+# What link(2) answers on a filesystem without hard links (FAT, some FUSE and network mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV})
 
 
 class S3LogStore:

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # lakesink has delta-rs write a checkpoint every `delta.checkpointInterval` versions (lakesink.commit).
 # Frequent checkpoints keep log replay short: a reader's or writer's open, and the delta-rs snapshot
 # update before each checkpoint, replay the log entries after the last checkpoint, and
-# `transaction_version` (on a cache miss) GETs them all. A checkpoint's own cost grows with the number of live files, but it is paid
-# once per interval and never moves the median commit (see benchmarks/commit_cost.py).
+# `transaction_version` (on a cache miss) GETs them all. A checkpoint's own cost grows with the
+# number of live files, but it is paid once per interval and never moves the median commit (see
+# benchmarks/commit_cost.py).
 DEFAULT_CHECKPOINT_INTERVAL = 20
 
 # The Delta writer protocol lakesink can append to. lakesink commits Parquet files it wrote itself

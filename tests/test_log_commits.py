@@ -371,3 +371,30 @@ def test_the_s3_log_stores_errors_name_the_request_and_the_fix_and_never_the_sec
     ) as failure:
         store.create(0, b"{}\n")
     assert "canary-s3cr3t" not in str(failure.value) and "canary-s3cr3t" not in repr(store)
+
+
+def test_a_local_filesystem_without_hard_links_commits_through_delta_rs_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """link(2) answers EPERM (as on FAT or some FUSE mounts): nothing is written by that attempt, and
+    the commit, and every later one, goes through delta-rs; each position once."""
+    import errno
+    import os
+
+    uri = str(tmp_path / "table")
+    with Sink(uri, app_id="job") as sink:
+        sink.write(rows(1), position=1)
+        links: list[str] = []
+
+        def no_link(src: str, dst: str) -> None:
+            links.append(dst)
+            raise PermissionError(errno.EPERM, "Operation not permitted", dst)
+
+        monkeypatch.setattr(os, "link", no_link)
+        for position in (2, 3):
+            assert sink.write(rows(position), position=position).status == "committed"
+        assert len(links) == 1
+    assert not [p for p in Path(uri, "_delta_log").iterdir() if p.name.endswith(".tmp")]
+    history = DeltaTable(uri).history()
+    assert [h["clientVersion"].split("-")[0] for h in history[:3]] == ["delta", "delta", "lakesink"]
+    assert_exactly_once(uri, {}, ids(1, 2, 3))
