@@ -24,14 +24,9 @@ import uuid
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from lakesink.delta_log import LOG_DIR
 from lakesink.errors import ConfigError, LakesinkError, StorageUnavailable
 from lakesink.storage import StorageOptions, fsync_path, is_remote, parse_seconds, redact
-
-LOG_DIR = "_delta_log"
-
-
-def entry_name(version: int) -> str:
-    return f"{LOG_DIR}/{version:020d}.json"
 
 
 class ConditionalPutUnsupported(LakesinkError):
