@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick bench-throughput bench-throughput-quick clean
+.PHONY: demo test unit lint bench bench-quick bench-throughput bench-throughput-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,16 @@ demo: $(VENV)/.installed
 	$(BIN)/python examples/query.py demo/lake/events
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check lakesink tests benchmarks examples
+	$(BIN)/ruff check lakesink tests benchmarks examples tools
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python tools/lint_architecture.py
 
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: $(VENV)/.installed-test
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/commit_cost.py

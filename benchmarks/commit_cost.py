@@ -62,8 +62,8 @@ from deltalake import DeltaTable, write_deltalake  # noqa: E402
 import lakesink  # noqa: E402
 import lakesink.sink  # noqa: E402
 from benchmarks._machine import describe, machine, write_results  # noqa: E402
-from lakesink.commit import _CLEANUP_EVERY as CLEANUP_EVERY  # noqa: E402
-from lakesink.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle  # noqa: E402
+from lakesink.commit import CLEANUP_EVERY, Committer  # noqa: E402
+from lakesink.delta.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle  # noqa: E402
 from tests.support.moto_server import start_moto_server  # noqa: E402
 
 ROWS_PER_COMMIT = 1_000
@@ -201,7 +201,7 @@ def instrumented(phases: Phases) -> Iterator[None]:
         (DeltaTable, "transaction_version", "transaction_version"),
         # The whole commit protocol (lakesink.commit): the log entry's create, and the checkpoint
         # through delta-rs every interval.
-        (lakesink.sink, "commit_staged", "commit"),
+        (Committer, "commit", "commit"),
     ]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
     try:

@@ -5,9 +5,9 @@
         sink.write(table, position=42)
 """
 
-__version__ = "0.1.0"
-
+from lakesink._version import __version__
 from lakesink.commit import CommitPolicy, WriteResult
+from lakesink.config import CommitInterval, WriteConfig
 from lakesink.errors import (
     BadRecord,
     CommitOutcomeUnknown,
@@ -22,12 +22,13 @@ from lakesink.errors import (
     TerminalError,
     TransientError,
 )
-from lakesink.ingest import CommitInterval, IngestProgress, IngestReport, WriteConfig, ingest
-from lakesink.orphans import GcReport, collect_garbage
+from lakesink.ingest.report import IngestProgress, IngestReport
+from lakesink.ingest.run import ingest
+from lakesink.maintenance.gc import GcReport, collect_garbage
+from lakesink.maintenance.status import TableStatus, table_status
+from lakesink.maintenance.verify import VerifyReport, verify_table
 from lakesink.sink import Sink
-from lakesink.status import TableStatus, table_status
-from lakesink.storage import StorageOptions
-from lakesink.verify import VerifyReport, verify_table
+from lakesink.storage.options import StorageOptions
 
 __all__ = [
     "BadRecord",

@@ -1,10 +1,11 @@
 """The commit protocol: one Delta commit of the staged files plus `txn(app_id, position)`.
 
-1. Check the snapshot's `txn` for the app id; if it already holds the position (or more), skip.
+1. Check the snapshot's `txn` for the app id; if it already holds the position (or more), skip
+   (`settled`: the one skip/stale decision, for both ways of committing and for `Sink.write`).
 2. Commit against that same snapshot: create log entry `version + 1` only if it does not exist
-   (lakesink.log_store: a create-only PUT or a hard link). If another writer created it first,
-   read that entry, move the snapshot past it, and check again: a commit of another writer with
-   this app id may have committed the position already (or moved it past `previous`).
+   (lakesink.delta.log_store: a create-only PUT or a hard link). If another writer created it
+   first, read that entry, move the snapshot past it, and check again: a commit of another writer
+   with this app id may have committed the position already (or moved it past `previous`).
 3. A create that got no answer may have landed (timeout, reset): read the entry back and decide
    from the write id in its commitInfo. If the entry cannot be read, raise CommitOutcomeUnknown
    and keep the staged files, so a rerun resolves it.
@@ -12,9 +13,12 @@
    next writer's open replay a short log.
 
 Where the store cannot create an object only if absent, or the table's commits are coordinated
-another way (a DynamoDB lock: lakesink.log_store.open_log_store), commits go through delta-rs,
-whose conflict check rejects a concurrent commit with the same app id (CommitFailedError); that
-is never retried blindly, but refreshed and re-checked the same way.
+another way (a DynamoDB lock: lakesink.delta.log_store.open_log_store), commits go through delta-rs,
+whose conflict check rejects a concurrent commit with the same app id; that is never retried
+blindly, but refreshed and re-checked the same way.
+
+This module is the only one that writes to a table's log: appends (both ways), the table's
+creation, schema evolution and checkpoints (`make lint` checks it).
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow as pa
-from deltalake import CommitProperties, PostCommitHookProperties, Transaction
-from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError
-from deltalake.transaction import AddAction
 
-from lakesink import __version__
+from lakesink._version import __version__
 from lakesink.crashpoints import crash_point
+from lakesink.delta.errors import CommitConflict, CommitNotAnswered
+from lakesink.delta.log_entry import WRITE_ID_KEY, EntrySummary, StagedFile, encode_append, summarize
+from lakesink.delta.log_store import ConditionalPutUnsupported, open_log_store
+from lakesink.delta.log_store import LogStore as LogStore
+from lakesink.delta.table import TableHandle
 from lakesink.errors import (
     CommitOutcomeUnknown,
     ConcurrentWriterError,
@@ -41,10 +47,7 @@ from lakesink.errors import (
     StorageUnavailable,
     TerminalError,
 )
-from lakesink.log_entry import WRITE_ID_KEY, EntrySummary, encode_append, summarize
-from lakesink.log_store import ConditionalPutUnsupported, LogStore
-from lakesink.stage import StagedFile
-from lakesink.table import TableHandle, translate
+from lakesink.storage.options import StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -92,45 +95,151 @@ class CommitPolicy:
     backoff_seconds: float = 0.2
 
 
-def commit_staged(
+def settled(
     handle: TableHandle,
-    staged: Sequence[StagedFile],
-    *,
     app_id: str,
     position: int,
-    schema: pa.Schema,
-    partition_by: Sequence[str],
-    clock: Callable[[], float],
-    previous: int | AnyPrevious | None = ANY_PREVIOUS,
-    sleep: Callable[[float], None] = time.sleep,
-    policy: CommitPolicy = CommitPolicy(),
-) -> WriteResult:
-    """Commit `staged` with `txn(app_id, position)` exactly once.
+    committed: int | None,
+    previous: int | AnyPrevious | None,
+    *,
+    raced: bool = False,
+) -> WriteResult | None:
+    """What a write that must not commit returns: "skipped" (the position is committed already) or
+    "stale" (the committed position is not the one this batch continues from); None: commit it.
 
-    With `previous` set, commit only while the committed position is exactly `previous` (the batch
-    holds the records after it): a batch cut from an older position must never be committed on top
-    of a newer one, or the records between would be written twice.
+    `raced`: the position was found committed after an attempt of this write (a concurrent copy's
+    commit, or our own whose answer was lost: callers tell those apart first).
+    """
+    status: Literal["skipped", "stale"]
+    if committed is not None and committed >= position:
+        status = "skipped"
+        if raced:
+            reason = "committed by a concurrent writer"
+        elif committed == position:
+            reason = "already committed"
+        else:
+            reason = f"lower than the committed position {committed}"
+        log.debug("skipped position %d of %r: %s (committed position %d)", position, app_id, reason, committed)
+    elif not isinstance(previous, AnyPrevious) and committed != previous:
+        status = "stale"
+        reason = f"this batch continues from {previous}, but the committed position is now {committed}: re-read from there"
+        log.info("position %d of %r is stale: continues from %s, committed position is %s", position, app_id, previous, committed)
+    else:
+        return None
+    return WriteResult(
+        status=status,
+        app_id=app_id,
+        position=position,
+        committed_position=committed,
+        table_version=handle.version(),
+        reason=reason,
+    )
+
+
+def check_files_fit(
+    handle: TableHandle, schema: pa.Schema, partition_by: Sequence[str], *, doing: str, exact: bool = False
+) -> None:
+    """Files written with `schema` and `partition_by` must be valid data of the table as it is now:
+    each of their columns in the table with the same type (with `exact`, the same columns in the
+    same order: the files are about to become the table's rows as they were read), the same
+    partitioning.
 
     Raises:
-        ConcurrentWriterError: other writers with this app id won `policy.max_attempts` times in a row.
-        CommitOutcomeUnknown: the commit may have landed and the log could not be read to decide.
-        SchemaMismatch: another writer changed the table's schema so that the staged files no longer fit.
-        TerminalError: the commit was refused for a reason retrying cannot fix.
+        SchemaMismatch: another writer created or altered the table so that they are not (`doing`
+            names what this writer was doing); nothing is committed, and a rerun reads the source
+            with the table's schema.
     """
-    job = _Job(handle, staged, app_id, position, schema, partition_by, clock, previous, sleep, policy)
-    log_store = handle.log_store
-    if log_store is not None:
-        try:
-            return _commit_by_log_entry(job, log_store)
-        except ConditionalPutUnsupported as exc:
-            log.warning("%s: %s; committing through delta-rs from now on", handle.uri, exc)
-            handle.use_delta_rs_commits()
-    return _commit_through_delta_rs(job)
+    current = handle.arrow_schema()
+    table_partitioning = handle.partition_columns()
+    if exact:
+        fits = [(f.name, f.type) for f in current] == [(f.name, f.type) for f in schema]
+    else:
+        fits = all(current.get_field_index(f.name) >= 0 and current.field(f.name).type == f.type for f in schema)
+    if not fits or table_partitioning != list(partition_by):
+        raise SchemaMismatch(
+            f"the schema of {handle.uri} changed while {doing} (another writer created or altered it): the table has "
+            f"{current} partitioned by {table_partitioning}, the staged files have {schema} partitioned by "
+            f"{list(partition_by)}. Nothing was committed; rerun, and the source is read with the table's schema."
+        )
+
+
+def create_table(
+    uri: str, options: StorageOptions, *, schema: pa.Schema, partition_by: Sequence[str], checkpoint_interval: int
+) -> TableHandle:
+    """Create the table (version 0), or open it if a concurrent writer created it first."""
+    return TableHandle.create(uri, options, schema=schema, partition_by=partition_by, checkpoint_interval=checkpoint_interval)
+
+
+def add_columns(handle: TableHandle, fields: Sequence[pa.Field]) -> None:
+    """Add nullable columns (schema evolution) in a commit of their own."""
+    log.info("adding columns %s to %s (schema evolution)", [f.name for f in fields], handle.uri)
+    handle.add_columns(fields)
+
+
+class Committer:
+    """Commits staged files to one table for a `Sink`, each batch exactly once.
+
+    `log_store` is where lakesink creates log entries itself (by default the table's, opened at the
+    first commit); once a store proves unable to create an object only if absent, or the options
+    say commits are coordinated another way, delta-rs commits instead.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        options: StorageOptions,
+        *,
+        log_store: LogStore | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        policy: CommitPolicy | None = None,
+    ) -> None:
+        self._uri = uri
+        self._options = options
+        self._log_store = log_store
+        self._log_store_known = log_store is not None
+        self._clock = clock
+        self._sleep = sleep
+        self._policy = policy or CommitPolicy()
+
+    def commit(
+        self,
+        handle: TableHandle,
+        staged: Sequence[StagedFile],
+        *,
+        app_id: str,
+        position: int,
+        schema: pa.Schema,
+        partition_by: Sequence[str],
+        previous: int | AnyPrevious | None = ANY_PREVIOUS,
+    ) -> WriteResult:
+        """Commit `staged` with `txn(app_id, position)` exactly once.
+
+        With `previous` set, commit only while the committed position is exactly `previous` (the
+        batch holds the records after it): a batch cut from an older position must never be
+        committed on top of a newer one, or the records between would be written twice.
+
+        Raises:
+            ConcurrentWriterError: other writers with this app id won `policy.max_attempts` times in a row.
+            CommitOutcomeUnknown: the commit may have landed and the log could not be read to decide.
+            SchemaMismatch: another writer changed the table's schema so that the staged files no longer fit.
+            TerminalError: the commit was refused for a reason retrying cannot fix.
+        """
+        job = _Job(handle, staged, app_id, position, schema, partition_by, self._clock, previous, self._sleep, self._policy)
+        if not self._log_store_known:
+            self._log_store, self._log_store_known = open_log_store(self._uri, self._options), True
+        if self._log_store is not None:
+            try:
+                return _commit_by_log_entry(job, self._log_store)
+            except ConditionalPutUnsupported as exc:
+                log.warning("%s: %s; committing through delta-rs from now on", handle.uri, exc)
+                self._log_store = None
+        return _commit_through_delta_rs(job)
 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One `commit_staged` call's arguments, for whichever way it commits."""
+    """One commit's arguments, for whichever way it commits."""
 
     handle: TableHandle
     staged: Sequence[StagedFile]
@@ -143,12 +252,58 @@ class _Job:
     sleep: Callable[[float], None]
     policy: CommitPolicy
 
+    def settled(self, *, retried: bool, write_id: str, since: int) -> WriteResult | None:
+        """`settled` for this job; after an attempt, a commit that landed with our write id is ours."""
+        committed = self.handle.committed_position(self.app_id)
+        if committed is not None and committed >= self.position and retried and _landed_ours(self.handle, write_id, since=since):
+            log.info("position %d of %r: %s", self.position, self.app_id, _LOST_ANSWER)
+            return self.committed(reason=_LOST_ANSWER)
+        return settled(self.handle, self.app_id, self.position, committed, self.previous, raced=retried)
+
+    def committed(self, *, reason: str = "") -> WriteResult:
+        return WriteResult(
+            status="committed",
+            app_id=self.app_id,
+            position=self.position,
+            committed_position=self.position,
+            table_version=self.handle.version(),
+            rows=sum(f.num_records for f in self.staged),
+            files=len(self.staged),
+            reason=reason,
+        )
+
+    def commit_info(self, write_id: str) -> dict[str, object]:
+        # Only this whitelist reaches commitInfo: never options, paths with credentials or user data.
+        return {
+            "lakesink.version": __version__,
+            "lakesink.appId": self.app_id,
+            "lakesink.position": self.position,
+            WRITE_ID_KEY: write_id,
+        }
+
+    def outcome_unknown(self, detail: str, cause: BaseException | None) -> CommitOutcomeUnknown:
+        """The give-up error when the commit may or may not have landed; the staged files are kept."""
+        error = CommitOutcomeUnknown(
+            f"the commit of position {self.position} for {self.app_id!r} may or may not have landed ({detail}); "
+            "staged files are kept: rerun the same write when the store answers, and it will skip or commit.",
+            table_uri=self.handle.uri,
+            app_id=self.app_id,
+            position=self.position,
+        )
+        error.__cause__ = cause
+        return error
+
+    def lost_races(self) -> ConcurrentWriterError:
+        """The give-up error when other writers with this app id kept committing first."""
+        return ConcurrentWriterError(
+            f"gave up committing position {self.position} of {self.app_id!r}: another writer with the same app id "
+            f"committed first {self.policy.max_attempts} times. Run one copy of a job per app id."
+        )
+
 
 def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
     """Steps 1-4 of the module doc, with lakesink creating the log entry itself."""
-    handle, staged, app_id, position, previous, sleep, policy = (
-        job.handle, job.staged, job.app_id, job.position, job.previous, job.sleep, job.policy
-    )  # fmt: skip
+    handle, app_id, position, policy = job.handle, job.app_id, job.position, job.policy
     # Tags the entry, so after a lost answer the log tells whether the commit holding our
     # position is ours (report it committed) or a concurrent copy's (skipped).
     write_id = uuid.uuid4().hex
@@ -159,23 +314,18 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
     last_error: BaseException | None = None
     while True:
         handle.check_writable()  # cached: costs nothing unless a refresh brought a new protocol
-        committed = handle.committed_position(app_id)
-        if committed is not None and committed >= position:
-            if (races or unanswered) and _landed_ours(handle, write_id, since=first_read_version):
-                return _committed(handle, app_id, position, staged, reason=_LOST_ANSWER)
-            reason = "already committed" if not (races or unanswered) else "committed by a concurrent writer"
-            return _skipped(handle, app_id, position, committed, reason)
-        if not isinstance(previous, AnyPrevious) and committed != previous:
-            return stale_result(handle, app_id, position, committed, previous)
+        done = job.settled(retried=bool(races or unanswered), write_id=write_id, since=first_read_version)
+        if done is not None:
+            return done
         version = handle.version() + 1
         body = encode_append(
-            staged,
+            job.staged,
             app_id=app_id,
             position=position,
             now_ms=int(job.clock() * 1000),
             read_version=version - 1,
             partition_by=job.partition_by,
-            commit_info=_commit_info(app_id, position, write_id),
+            commit_info=job.commit_info(write_id),
             client_version=f"lakesink-{__version__}",
         )
         crash_point("before_commit")
@@ -188,42 +338,31 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
             )
             created, last_error = None, exc
         if created:
-            return _after_own_commit(handle, version, app_id, position, staged)
-        summary = _read_entry(
-            handle, log_store, version, app_id=app_id, position=position, cause=last_error, sleep=sleep, policy=policy
-        )
+            return _after_own_commit(job, version)
+        summary = _read_entry(job, log_store, version, cause=last_error)
         if summary is None:
             # Nothing there: the create did not land (or another writer's is still in flight).
             unanswered += 1
             if unanswered >= policy.max_attempts:
-                raise CommitOutcomeUnknown(
-                    f"could not commit position {position} of {app_id!r} after {policy.max_attempts} attempts "
-                    f"({last_error or 'the log entry stayed absent'}); staged files are kept, rerun to resolve",
-                    table_uri=handle.uri,
-                    app_id=app_id,
-                    position=position,
-                ) from last_error
-            sleep(_backoff(policy, unanswered - 1))
+                raise job.outcome_unknown(
+                    f"{policy.max_attempts} attempts: {last_error or 'the log entry stayed absent'}", last_error
+                )
+            job.sleep(_backoff(policy, unanswered - 1))
             continue
         if summary.write_id == write_id:
-            return _after_own_commit(handle, version, app_id, position, staged, reason=_LOST_ANSWER)
+            return _after_own_commit(job, version, reason=_LOST_ANSWER)
         log.info("position %d of %r: another writer created log entry %d first; re-checking", position, app_id, version)
         if app_id in summary.txns:
             races += 1
             if races >= policy.max_attempts:
-                raise ConcurrentWriterError(
-                    f"gave up committing position {position} of {app_id!r}: another writer with the same app id "
-                    f"committed first {policy.max_attempts} times. Run one copy of a job per app id."
-                )
+                raise job.lost_races()
         others += 1
         if summary.changes_table or app_id in summary.txns or others > _READ_ONE_BY_ONE:
             # A new schema or protocol, a copy of this job (decide from its latest position, which
             # a stale result tells the caller to re-read from), or a writer far ahead: let
             # delta-rs read up to the latest entry.
-            _refresh_or_unknown(
-                handle, app_id, position, last_error or RuntimeError("concurrent commit"), sleep=sleep, policy=policy
-            )
-            _check_files_still_fit(handle, job.schema, job.partition_by, app_id=app_id, position=position)
+            _refresh_or_unknown(job, last_error or RuntimeError("concurrent commit"))
+            check_files_fit(handle, job.schema, job.partition_by, doing=f"position {position} of {app_id!r} was being committed")
             others = 0
         else:
             handle.advance(version, summary.txns)
@@ -234,47 +373,30 @@ _READ_ONE_BY_ONE = 3
 _LOST_ANSWER = "the answer was lost; the log shows this write's commit landed"
 
 
-def _read_entry(
-    handle: TableHandle,
-    log_store: LogStore,
-    version: int,
-    *,
-    app_id: str,
-    position: int,
-    cause: BaseException | None,
-    sleep: Callable[[float], None],
-    policy: CommitPolicy,
-) -> EntrySummary | None:
+def _read_entry(job: _Job, log_store: LogStore, version: int, *, cause: BaseException | None) -> EntrySummary | None:
     """What log entry `version` holds (None: there is none); CommitOutcomeUnknown if it cannot be read."""
-    for attempt in range(policy.resolve_attempts):
+    for attempt in range(job.policy.resolve_attempts):
         try:
             body = log_store.read(version)
         except StorageUnavailable as exc:
             cause = cause or exc
-            sleep(_backoff(policy, attempt))
+            job.sleep(_backoff(job.policy, attempt))
             continue
         return None if body is None else summarize(body, version=version)
-    raise CommitOutcomeUnknown(
-        f"the commit of position {position} for {app_id!r} may or may not have landed "
-        f"({cause or 'no answer'}) and log entry {version} could not be read back to decide. "
-        "Staged files are kept; rerun the same write when the store answers and it will skip or commit.",
-        table_uri=handle.uri,
-        app_id=app_id,
-        position=position,
-    ) from cause
+    raise job.outcome_unknown(f"{cause or 'no answer'}; log entry {version} could not be read back to decide", cause)
 
 
-def _after_own_commit(
-    handle: TableHandle, version: int, app_id: str, position: int, staged: Sequence[StagedFile], *, reason: str = ""
-) -> WriteResult:
+def _after_own_commit(job: _Job, version: int, *, reason: str = "") -> WriteResult:
+    handle = job.handle
     crash_point("after_commit")
-    handle.advance(version, {app_id: position})
-    log.debug("committed %d of %r: %d files, version %d", position, app_id, len(staged), version)
-    interval = _checkpoint_interval(handle)
+    handle.advance(version, {job.app_id: job.position})
+    log.debug("committed %d of %r: %d files, version %d", job.position, job.app_id, len(job.staged), version)
+    configuration = handle.configuration()
+    interval = _checkpoint_interval(configuration)
     if version % interval == 0:
         # Delta's own writers clean up expired log entries after a checkpoint (the only thing that
         # makes older entries expendable); the cleanup LISTs the whole log, so once in ten.
-        cleanup = version % (interval * _CLEANUP_EVERY) == 0 and _expired_log_cleanup_enabled(handle)
+        cleanup = version % (interval * CLEANUP_EVERY) == 0 and _expired_log_cleanup_enabled(configuration)
         try:
             handle.checkpoint(cleanup_expired_logs=cleanup)
         except LakesinkError as exc:
@@ -285,38 +407,16 @@ def _after_own_commit(
                 handle.uri,
                 exc,
             )
-    return _committed(handle, app_id, position, staged, reason=reason)
+    return job.committed(reason=reason)
 
 
-def _expired_log_cleanup_enabled(handle: TableHandle) -> bool:
-    return str(handle.table.metadata().configuration.get("delta.enableExpiredLogCleanup", "true")).lower() != "false"
-
-
-def _check_files_still_fit(
-    handle: TableHandle, schema: pa.Schema, partition_by: Sequence[str], *, app_id: str, position: int
-) -> None:
-    """After another writer changed the table's metadata: the staged files must still be valid data of it.
-
-    Raises:
-        SchemaMismatch: a column of the staged files is gone or changed type, or the partitioning changed.
-    """
-    current = handle.arrow_schema()
-    changed = [f.name for f in schema if current.get_field_index(f.name) < 0 or current.field(f.name).type != f.type]
-    if changed or handle.partition_columns() != list(partition_by):
-        raise SchemaMismatch(
-            f"the schema of {handle.uri} changed while position {position} of {app_id!r} was being committed (another "
-            f"writer altered it): the table has {current} partitioned by {handle.partition_columns()}, the staged files have "
-            f"{schema} partitioned by {list(partition_by)}. Nothing was committed; rerun, and the source is read with the "
-            "table's schema."
-        )
+def _expired_log_cleanup_enabled(configuration: Mapping[str, str]) -> bool:
+    return str(configuration.get("delta.enableExpiredLogCleanup", "true")).lower() != "false"
 
 
 def _commit_through_delta_rs(job: _Job) -> WriteResult:
     """Steps 1-3 of the module doc, with delta-rs committing (for stores without create-only PUTs)."""
-    handle, staged, app_id, position, previous, sleep, policy = (
-        job.handle, job.staged, job.app_id, job.position, job.previous, job.sleep, job.policy
-    )  # fmt: skip
-    rows = sum(f.num_records for f in staged)
+    handle, app_id, position, policy = job.handle, job.app_id, job.position, job.policy
     last_error: BaseException | None = None
     # Tags every attempt's commitInfo, so after a lost answer the log tells whether the commit
     # holding our position is ours (report it committed) or a concurrent copy's (skipped).
@@ -324,49 +424,36 @@ def _commit_through_delta_rs(job: _Job) -> WriteResult:
     first_read_version = handle.version()
     for attempt in range(policy.max_attempts):
         handle.sync_delta_rs()
-        committed = handle.committed_position(app_id)
-        if committed is not None and committed >= position:
-            if attempt > 0 and _landed_ours(handle, write_id, since=first_read_version):
-                log.info("position %d of %r: the answer was lost, and the log shows this write's commit landed", position, app_id)
-                return _committed(
-                    handle, app_id, position, staged, reason="the answer was lost; the log shows this write's commit landed"
-                )
-            reason = "already committed" if attempt == 0 else "committed by a concurrent writer"
-            return _skipped(handle, app_id, position, committed, reason)
-        if not isinstance(previous, AnyPrevious) and committed != previous:
-            return stale_result(handle, app_id, position, committed, previous)
+        done = job.settled(retried=attempt > 0, write_id=write_id, since=first_read_version)
+        if done is not None:
+            return done
         read_version = handle.version()
-        hooks = _post_commit_hooks(handle, read_version)
-        now_ms = int(job.clock() * 1000)
         try:
             crash_point("before_commit")
-            handle.table.create_write_transaction(
-                [_add_action(f, now_ms) for f in staged],
-                "append",
-                job.schema,
-                partition_by=list(job.partition_by) or None,
-                commit_properties=CommitProperties(
-                    custom_metadata=_commit_info(app_id, position, write_id),
-                    app_transactions=[Transaction(app_id, position, now_ms)],
-                ),
-                post_commithook_properties=hooks,
+            handle.commit_transaction(
+                job.staged,
+                schema=job.schema,
+                partition_by=job.partition_by,
+                app_id=app_id,
+                position=position,
+                now_ms=int(job.clock() * 1000),
+                commit_info=job.commit_info(write_id),
+                cleanup_expired_logs=_cleanup_on_this_commit(handle.configuration(), read_version),
             )
-        except CommitFailedError as exc:
+        except CommitConflict as exc:
             # Another writer with this app id committed since our snapshot: re-check, never re-send.
             log.info("position %d of %r: another writer committed since version %d; re-checking", position, app_id, read_version)
             last_error = exc
-            _refresh_or_unknown(handle, app_id, position, exc, sleep=sleep, policy=policy)
+            _refresh_or_unknown(job, exc)
             continue
-        except (DeltaProtocolError, SchemaMismatchError, ValueError, TypeError) as exc:
-            raise translate(exc, None, doing=f"commit position {position} of {app_id!r}") from exc
-        except Exception as exc:  # noqa: BLE001 - every other failure leaves the outcome unknown
+        except CommitNotAnswered as exc:
             log.info(
                 "position %d of %r: commit attempt %d failed, outcome unknown (%s); reading the log to decide",
-                position, app_id, attempt + 1, translate(exc, None, doing="commit"),
+                position, app_id, attempt + 1, exc,
             )  # fmt: skip
             last_error = exc
-            _refresh_or_unknown(handle, app_id, position, exc, sleep=sleep, policy=policy)
-            sleep(_backoff(policy, attempt))
+            _refresh_or_unknown(job, exc)
+            job.sleep(_backoff(policy, attempt))
             continue
         crash_point("after_commit")
         try:
@@ -375,79 +462,50 @@ def _commit_through_delta_rs(job: _Job) -> WriteResult:
             pass  # the commit landed; the next write refreshes before it trusts the snapshot
         else:
             handle.note_own_commit(app_id, position, read_version=read_version)
-        log.debug("committed %d of %r: %d files, %d rows, version %d", position, app_id, len(staged), rows, handle.version())
-        return _committed(handle, app_id, position, staged)
-    if isinstance(last_error, CommitFailedError):
-        raise ConcurrentWriterError(
-            f"gave up committing position {position} of {app_id!r}: another writer with the same app id "
-            f"committed first {policy.max_attempts} times. Run one copy of a job per app id."
-        ) from last_error
-    raise CommitOutcomeUnknown(
-        f"could not commit position {position} of {app_id!r} after {policy.max_attempts} attempts "
-        f"({translate(last_error, None, doing='commit') if last_error else 'no error'}); staged files are kept, rerun to resolve",
-        table_uri=handle.uri,
-        app_id=app_id,
-        position=position,
-    ) from last_error
+        log.debug(
+            "committed %d of %r: %d files, %d rows, version %d",
+            position, app_id, len(job.staged), sum(f.num_records for f in job.staged), handle.version(),
+        )  # fmt: skip
+        return job.committed()
+    if isinstance(last_error, CommitConflict):
+        raise job.lost_races() from last_error
+    raise job.outcome_unknown(f"{policy.max_attempts} attempts: {last_error or 'no error'}", last_error)
 
 
-def _refresh_or_unknown(
-    handle: TableHandle,
-    app_id: str,
-    position: int,
-    cause: BaseException,
-    *,
-    sleep: Callable[[float], None],
-    policy: CommitPolicy,
-) -> None:
+def _refresh_or_unknown(job: _Job, cause: BaseException) -> None:
     """Bring the snapshot up to date so the next check decides; give up as CommitOutcomeUnknown."""
-    for attempt in range(policy.resolve_attempts):
+    for attempt in range(job.policy.resolve_attempts):
         try:
-            handle.refresh()
+            job.handle.refresh()
             return
         except LakesinkError as exc:
             if isinstance(exc, TerminalError):
                 raise
-            sleep(_backoff(policy, attempt))
-    raise CommitOutcomeUnknown(
-        f"the commit of position {position} for {app_id!r} may or may not have landed "
-        f"({translate(cause, None, doing='commit')}) and the log could not be read back to decide. "
-        "Staged files are kept; rerun the same write when the store answers and it will skip or commit.",
-        table_uri=handle.uri,
-        app_id=app_id,
-        position=position,
-    ) from cause
+            job.sleep(_backoff(job.policy, attempt))
+    raise job.outcome_unknown(f"{cause}; the log could not be read back to decide", cause)
 
 
-def _post_commit_hooks(handle: TableHandle, read_version: int) -> PostCommitHookProperties:
-    """Checkpoint as the table says, and clean up expired log entries once in `_CLEANUP_EVERY` checkpoints.
+def _cleanup_on_this_commit(configuration: Mapping[str, str], read_version: int) -> bool | None:
+    """Whether delta-rs's post-commit hook may clean up expired log entries on this commit.
 
-    Left to the table config, delta-rs runs the expired-log cleanup in *every* commit's post-commit
-    hook, and that cleanup LISTs the whole `_delta_log` (no start-after: every entry the table keeps,
-    on every store): a commit then costs more with every commit before it (benchmarks/commit_cost.py:
-    2.1x slower at commit 400 than at 1-30 on S3). Delta's own writers clean up after a checkpoint,
-    the only thing that makes older entries expendable, so ask for it (as the table's
-    `delta.enableExpiredLogCleanup` says) only on a commit expected to write a checkpoint: delta-rs
-    checkpoints version v when (v + 1) % interval == 0, and this commit becomes read_version + 1
-    unless another writer got in first. Even there the full LIST grows with the log (at 5,000 kept
-    entries it cost a checkpoint commit about as much as the checkpoint itself), so only one
-    checkpoint commit in `_CLEANUP_EVERY` asks for it: entries past the retention stay at most
-    `_CLEANUP_EVERY` x interval commits longer (retention is a minimum, never a promise to delete).
-    If another writer takes that version, the cleanup just runs on a later one; it is safe on any
-    commit, since it only removes entries older than the table's log retention and covered by a
-    checkpoint.
+    Left to the table config, delta-rs would run that cleanup, which LISTs the whole log, on every
+    commit. Delta's writers clean up after a checkpoint, so allow it (None: as the table says) only
+    on one commit in `CLEANUP_EVERY` that is expected to checkpoint: delta-rs checkpoints version v
+    when (v + 1) % interval == 0, and this commit becomes read_version + 1 unless another writer got
+    in first (then the cleanup runs on a later one; retention is a minimum, never a promise).
     """
-    interval = _checkpoint_interval(handle)
-    cleanup: bool | None = None if (read_version + 2) % (interval * _CLEANUP_EVERY) == 0 else False
-    return PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=cleanup)
+    interval = _checkpoint_interval(configuration)
+    return None if (read_version + 2) % (interval * CLEANUP_EVERY) == 0 else False
 
 
-# One checkpoint commit in this many also runs the expired-log cleanup (see _post_commit_hooks).
-_CLEANUP_EVERY = 10
+# One checkpoint in this many also runs the expired-log cleanup (benchmarks/README.md says why).
+CLEANUP_EVERY = 10
+# delta-rs's checkpoint interval for a table that does not set `delta.checkpointInterval`.
+_DELTA_RS_CHECKPOINT_INTERVAL = 100
 
 
-def _checkpoint_interval(handle: TableHandle) -> int:
-    raw = handle.table.metadata().configuration.get("delta.checkpointInterval")
+def _checkpoint_interval(configuration: Mapping[str, str]) -> int:
+    raw = configuration.get("delta.checkpointInterval")
     try:
         interval = int(raw) if raw is not None else _DELTA_RS_CHECKPOINT_INTERVAL
     except ValueError:
@@ -455,53 +513,8 @@ def _checkpoint_interval(handle: TableHandle) -> int:
     return interval if interval > 0 else _DELTA_RS_CHECKPOINT_INTERVAL
 
 
-# delta-rs's checkpoint interval for a table that does not set `delta.checkpointInterval`.
-_DELTA_RS_CHECKPOINT_INTERVAL = 100
-
-
 def _backoff(policy: CommitPolicy, attempt: int) -> float:
     return float(policy.backoff_seconds * (2 ** min(attempt, 6)))
-
-
-def stale_result(handle: TableHandle, app_id: str, position: int, committed: int | None, previous: int | None) -> WriteResult:
-    log.info("position %d of %r is stale: continues from %s, committed position is %s", position, app_id, previous, committed)
-    return WriteResult(
-        status="stale",
-        app_id=app_id,
-        position=position,
-        committed_position=committed,
-        table_version=handle.version(),
-        reason=f"this batch continues from {previous}, but the committed position is now {committed}: re-read from there",
-    )
-
-
-def _committed(handle: TableHandle, app_id: str, position: int, staged: Sequence[StagedFile], *, reason: str = "") -> WriteResult:
-    return WriteResult(
-        status="committed",
-        app_id=app_id,
-        position=position,
-        committed_position=position,
-        table_version=handle.version(),
-        rows=sum(f.num_records for f in staged),
-        files=len(staged),
-        reason=reason,
-    )
-
-
-def _skipped(handle: TableHandle, app_id: str, position: int, committed: int, reason: str) -> WriteResult:
-    log.debug("skipped position %d of %r: %s (committed position %d)", position, app_id, reason, committed)
-    return WriteResult(
-        status="skipped",
-        app_id=app_id,
-        position=position,
-        committed_position=committed,
-        table_version=handle.version(),
-        reason=reason,
-    )
-
-
-def _add_action(staged: StagedFile, now_ms: int) -> AddAction:
-    return AddAction(staged.path, staged.size, dict(staged.partition_values), now_ms, True, staged.stats)
 
 
 def _landed_ours(handle: TableHandle, write_id: str, *, since: int) -> bool:
@@ -511,13 +524,3 @@ def _landed_ours(handle: TableHandle, write_id: str, *, since: int) -> bool:
     except LakesinkError:
         return False  # only the report's wording depends on it; the table is exact either way
     return any(info.get(WRITE_ID_KEY) == write_id for info in infos)
-
-
-def _commit_info(app_id: str, position: int, write_id: str) -> dict[str, object]:
-    # Only this whitelist reaches commitInfo: never options, paths with credentials or user data.
-    return {
-        "lakesink.version": __version__,
-        "lakesink.appId": app_id,
-        "lakesink.position": position,
-        WRITE_ID_KEY: write_id,
-    }

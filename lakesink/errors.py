@@ -11,9 +11,12 @@
         ├── BadRecord             a record that cannot be parsed or converted (names file and line)
         ├── SourceContractViolation  the source broke its promise (changed or inserted files)
         ├── ConcurrentWriterError    another writer with the same app id keeps winning
-        └── TableError            the target is not a usable Delta table
+        ├── TableError            the target is not a usable Delta table
+        └── InternalError         lakesink broke one of its own rules: a bug to report
 
 Every error carries a message that says what happened and what to do; none carries a secret.
+Where the fix is an option, the message names it as the API spells it (`max_record_bytes=BYTES`)
+and `options` lists those names, so the CLI can say its flag (`--max-record-bytes BYTES`) instead.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ class LakesinkError(Exception):
     """Root of every error lakesink raises on purpose."""
 
     retryable: bool = False
+
+    def __init__(self, message: str, *, options: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.options = options
+        """The API options (keyword arguments) the message names as `name=VALUE`, in the order it names them."""
 
 
 class TransientError(LakesinkError):
@@ -81,3 +89,7 @@ class ConcurrentWriterError(TerminalError):
 
 class TableError(TerminalError):
     """The target is not a Delta table lakesink can write (missing, foreign or too new)."""
+
+
+class InternalError(TerminalError):
+    """lakesink found one of its own invariants broken (a bug); it stops before committing anything past it."""

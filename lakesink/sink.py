@@ -10,15 +10,29 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakesink.commit import ANY_PREVIOUS, AnyPrevious, CommitPolicy, WriteResult, commit_staged, stale_result
-from lakesink.convert import to_arrow
+from lakesink.commit import (
+    ANY_PREVIOUS,
+    AnyPrevious,
+    CommitPolicy,
+    Committer,
+    LogStore,
+    WriteResult,
+    add_columns,
+    check_files_fit,
+    create_table,
+    settled,
+)
 from lakesink.crashpoints import crash_point
-from lakesink.errors import ConfigError, InvalidPosition, SchemaMismatch
-from lakesink.log_store import LogStore
-from lakesink.schema import fit
-from lakesink.stage import StagedFile, check_partition_columns, stage_batch
-from lakesink.storage import ObjectStore, StorageOptions, normalize_table_uri, open_store
-from lakesink.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
+from lakesink.delta.log_entry import StagedFile
+from lakesink.delta.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
+from lakesink.errors import ConfigError, InvalidPosition
+from lakesink.storage.objects import ObjectStore, open_store
+from lakesink.storage.options import StorageOptions
+from lakesink.storage.uri import normalize_table_uri
+from lakesink.write.convert import to_arrow
+from lakesink.write.partitions import check_partition_columns
+from lakesink.write.schema import fit
+from lakesink.write.stage import stage_batch
 
 _MAX_POSITION = 2**63 - 1
 log = logging.getLogger(__name__)
@@ -35,8 +49,8 @@ class Sink:
     table's snapshot and adds its own commits to it, so a commit costs the same at any length of
     history (one create-only PUT of the next log entry; lakesink.commit).
 
-    `store` (data files) and `log_store` (log entries) are the I/O seams: by default both follow
-    the table URI; tests pass wrappers that fail on cue.
+    `store` (data files), `log_store` (log entries), `clock` and `sleep` are the I/O seams: by
+    default the stores follow the table URI; tests pass wrappers that fail on cue.
     """
 
     def __init__(
@@ -62,11 +76,8 @@ class Sink:
         self._partition_by = list(partition_by or [])
         self._evolve = evolve_schema
         self._checkpoint_interval = checkpoint_interval
-        self._clock = clock
-        self._sleep = sleep
-        self._policy = commit_policy or CommitPolicy()
         self.store: ObjectStore = store or open_store(self.uri, self._options)
-        self._log_store = log_store
+        self._committer = Committer(self.uri, self._options, log_store=log_store, clock=clock, sleep=sleep, policy=commit_policy)
         self._handle: TableHandle | None = self._open()
         if self._handle is not None:
             self._check_partitioning(self._handle)
@@ -136,18 +147,10 @@ class Sink:
         if not (isinstance(previous, (AnyPrevious, int)) or previous is None):
             raise InvalidPosition(f"previous must be an int or None, not {type(previous).__name__}")
         committed = self.committed_position()
-        if committed is not None and committed >= position:
-            log.debug("skipped position %d of %r: the committed position is already %d", position, self.app_id, committed)
-            return WriteResult(
-                status="skipped",
-                app_id=self.app_id,
-                position=position,
-                committed_position=committed,
-                table_version=self._handle.version() if self._handle else -1,
-                reason="already committed" if committed == position else f"lower than the committed position {committed}",
-            )
-        if not isinstance(previous, AnyPrevious) and committed != previous and self._handle is not None:
-            return stale_result(self._handle, self.app_id, position, committed, previous)
+        if self._handle is not None:
+            done = settled(self._handle, self.app_id, position, committed, previous)
+            if done is not None:
+                return done
         arrow = to_arrow(data)
         handle = self._handle
         fitted = fit(arrow, handle.arrow_schema() if handle else None, evolve=self._evolve)
@@ -156,8 +159,7 @@ class Sink:
             # A concurrent creator may have made the table with another schema: fit against it.
             fitted = fit(arrow, handle.arrow_schema(), evolve=self._evolve)
         if fitted.new_fields:
-            log.info("adding columns %s to %s (schema evolution)", [f.name for f in fitted.new_fields], self.uri)
-            handle.add_columns(fitted.new_fields)
+            add_columns(handle, fitted.new_fields)
         partition_by = handle.partition_columns()
         staged = stage_batch(self.store, fitted.table, app_id=self.app_id, position=position, partition_by=partition_by)
         log.debug(
@@ -165,43 +167,38 @@ class Sink:
             position, self.app_id, len(staged), fitted.table.num_rows, sum(f.size for f in staged),
         )  # fmt: skip
         crash_point("after_stage")
-        return commit_staged(
-            handle,
-            staged,
-            app_id=self.app_id,
-            position=position,
-            schema=fitted.table.schema,
-            partition_by=partition_by,
-            clock=self._clock,
+        return self._committer.commit(
+            handle, staged, app_id=self.app_id, position=position, schema=fitted.table.schema, partition_by=partition_by,
             previous=previous,
-            sleep=self._sleep,
-            policy=self._policy,
-        )
+        )  # fmt: skip
 
-    def ensure_table(self, schema: pa.Schema) -> TableHandle:
+    def ensure_table(self, schema: pa.Schema, *, must_match: bool = False) -> TableHandle:
         """The table, created with `schema` (and the partitioning asked for) if it does not exist yet.
 
         A writer that stages files itself calls this before staging the first one: the table's
         location must hold a Delta log before any data file, or a rerun after a crash would find
-        files without a log there and refuse the location (TableHandle.open).
+        files without a log there and refuse the location (TableHandle.open). With `must_match`,
+        a table a concurrent writer created first must have exactly `schema`.
 
         Raises:
-            SchemaMismatch: a partition column is missing or of a type Delta cannot partition by.
+            SchemaMismatch: a partition column is missing or of a type Delta cannot partition by;
+                with `must_match`, the table was created with another schema.
             ConfigError: the table exists with another partitioning than the one asked for.
         """
         if self._handle is not None:
             return self._handle
         check_partition_columns(schema, self._partition_by)
-        handle = TableHandle.create(
+        handle = create_table(
             self.uri,
             self._options,
             schema=schema,
             partition_by=self._partition_by,
             checkpoint_interval=self._checkpoint_interval,
-            log_store=self._log_store,
         )
         self._check_partitioning(handle)
         self._handle = handle
+        if must_match:
+            check_files_fit(handle, schema, handle.partition_columns(), doing="this run read the source", exact=True)
         return handle
 
     def commit_files(
@@ -209,7 +206,7 @@ class Sink:
     ) -> WriteResult:
         """Commit Parquet files already on the store (written for the table's partitioning and
         fitted to `schema`) for `position`, exactly once: the second half of `write`, for writers
-        that stage their own files (lakesink.pipeline). Creates the table, or adds the new columns
+        that stage their own files (lakesink.ingest). Creates the table, or adds the new columns
         of `schema`, first.
 
         Raises:
@@ -222,30 +219,15 @@ class Sink:
         current = handle.arrow_schema()
         new_fields = [f for f in schema if current.get_field_index(f.name) < 0]
         if new_fields and self._evolve:
-            log.info("adding columns %s to %s (schema evolution)", [f.name for f in new_fields], self.uri)
-            handle.add_columns(new_fields)
-            current = handle.arrow_schema()
-        if [(f.name, f.type) for f in current] != [(f.name, f.type) for f in schema]:
-            raise SchemaMismatch(
-                f"the schema of {self.uri} changed while this run wrote position {position} (another writer created or "
-                f"altered it): the table has {current}, the staged files have {schema}. Nothing was committed; rerun, "
-                "and the source is read with the table's schema."
-            )
-        return commit_staged(
-            handle,
-            files,
-            app_id=self.app_id,
-            position=position,
-            schema=schema,
-            partition_by=handle.partition_columns(),
-            clock=self._clock,
-            previous=previous,
-            sleep=self._sleep,
-            policy=self._policy,
+            add_columns(handle, new_fields)
+        partition_by = handle.partition_columns()
+        check_files_fit(handle, schema, partition_by, doing=f"this run wrote position {position}", exact=True)
+        return self._committer.commit(
+            handle, files, app_id=self.app_id, position=position, schema=schema, partition_by=partition_by, previous=previous
         )
 
     def _open(self) -> TableHandle | None:
-        return TableHandle.open(self.uri, self._options, writing=True, log_store=self._log_store)
+        return TableHandle.open(self.uri, self._options, writing=True)
 
     def _check_partitioning(self, handle: TableHandle) -> None:
         existing = handle.partition_columns()

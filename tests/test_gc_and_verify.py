@@ -16,9 +16,10 @@ import pytest
 from deltalake import DeltaTable
 
 import lakesink
-from lakesink.ingest import ledger_path
-from lakesink.stage import stage_batch
-from lakesink.storage import ArrowObjectStore, ObjectInfo, normalize_table_uri, open_store
+from lakesink.layout import ledger_path
+from lakesink.storage.objects import ArrowObjectStore, ObjectInfo, open_store
+from lakesink.storage.uri import normalize_table_uri
+from lakesink.write.stage import stage_batch
 from tests.conftest import run_cli
 from tests.support.checks import (
     assert_exactly_once,

@@ -17,14 +17,14 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from lakesink import CommitOutcomeUnknown, CommitPolicy, ConfigError, SchemaMismatch, Sink, StorageUnavailable
-from lakesink.log_store import (
+from lakesink.delta.log_store import (
     ConditionalPutUnsupported,
     LocalLogStore,
     LogStore,
     S3LogStore,
     open_log_store,
 )
-from lakesink.storage import StorageOptions
+from lakesink.storage.options import StorageOptions
 from tests.support.checks import assert_exactly_once, log_operations, table_version
 from tests.support.moto_server import MotoServer
 
@@ -72,10 +72,10 @@ def test_lakesinks_log_entry_describes_the_files_exactly_as_delta_rs_would_and_e
     with Sink(ours, app_id="job", storage_options=storage_options, partition_by=["p"]) as sink:
         assert sink.write(data.slice(0, 5), position=1).status == "committed"
         assert sink.write(data.slice(5), position=2).status == "committed"
-    with Sink(theirs, app_id="job", storage_options=storage_options, partition_by=["p"]) as sink:
+    refusing = Faulty(log_store_of(theirs, storage_options))
+    with Sink(theirs, app_id="job", storage_options=storage_options, partition_by=["p"], log_store=refusing) as sink:
         sink.write(data.slice(0, 5), position=1)  # creates the table; delta-rs commits from here on
-        assert sink.handle is not None
-        sink.handle.use_delta_rs_commits()
+        refusing.unsupported = True
         assert sink.write(data.slice(5), position=2).status == "committed"
     latest = DeltaTable(ours, storage_options=storage_options).history(1)[0]
     assert latest["clientVersion"].startswith("lakesink-") and len(latest["lakesink.writeId"]) == 32
@@ -123,7 +123,7 @@ def test_a_checkpoint_is_written_every_interval_and_holds_the_txn_a_new_sink_res
 
 
 def _log_names(uri: str, options: dict[str, str]) -> list[str]:
-    from lakesink.storage import open_store
+    from lakesink.storage.objects import open_store
 
     return [
         i.path.rsplit("/", 1)[-1] for i in open_store(uri, StorageOptions.resolve(options, environ={})).list_files("_delta_log")
@@ -131,7 +131,7 @@ def _log_names(uri: str, options: dict[str, str]) -> list[str]:
 
 
 def _read_log_file(uri: str, options: dict[str, str], name: str) -> bytes:
-    from lakesink.storage import open_store
+    from lakesink.storage.objects import open_store
 
     return open_store(uri, StorageOptions.resolve(options, environ={})).read_bytes(f"_delta_log/{name}")
 

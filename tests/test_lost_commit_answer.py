@@ -4,7 +4,7 @@ A fault proxy (tests/support/fault_proxy.py) sits between lakesink and the real 
 Armed, it lets the PUT of a log entry `_delta_log/<version>.json` reach the server (the commit is
 applied) and then cuts the client's connection instead of answering, either with a reset (RST) or
 with a clean close (FIN). What happens then, as these tests pin down: lakesink creates log entries
-with boto3 (lakesink.log_store), which re-sends the PUT after either (still `If-None-Match: *`);
+with boto3 (lakesink.delta.log_store), which re-sends the PUT after either (still `If-None-Match: *`);
 the server answers 412 because the entry exists; lakesink reads that entry back, finds this
 write's id in its commitInfo and returns "committed" (a concurrent copy's commit would be
 "skipped"). The table-creating commit (version 0) and checkpoints are delta-rs's.

@@ -162,8 +162,8 @@ def test_a_record_over_the_limit_is_named_by_line_and_offset(tmp_path: Path) -> 
         read(tmp_path, max_record_bytes=64)
     assert str(raised.value) == (
         f"{tmp_path / 'a.ndjson'}:4: the record at byte offset {offset} is longer than the record size limit "
-        "of 64 bytes (the reader's block size). If it is one record, raise the limit: --max-record-bytes BYTES "
-        "(API: max_record_bytes=BYTES); if it is several, the line ends are missing. Nothing was committed from its batch."
+        "of 64 bytes (the reader's block size). If it is one record, raise the limit: max_record_bytes=BYTES; "
+        "if it is several, the line ends are missing. Nothing was committed from its batch."
     )
     assert ids(read(tmp_path, max_record_bytes=128)) == [0, 1, 2, 3]
 
@@ -196,14 +196,14 @@ def test_count_records_fast_check_agrees_with_the_exact_count() -> None:
     }
     for data, records in cases.items():
         block = bytearray(data)
-        assert ndjson._count_records(block, data.count(b"\n")) == records, data
+        assert ndjson.count_records(block, data.count(b"\n")) == records, data
 
 
 def test_count_newlines_agrees_with_bytes_count() -> None:
     data = bytearray(b"".join(record(i) + (b"\r\n" if i % 7 == 0 else b"\n") for i in range(20_000)))
     assert len(data) > 4 << 16
     for start, stop in [(0, len(data)), (0, 10), (5, len(data) - 3), (1 << 16, 3 << 16), (len(data), len(data))]:
-        assert ndjson._count_newlines(data, start, stop) == data.count(b"\n", start, stop)
+        assert ndjson.count_newlines(data, start, stop) == data.count(b"\n", start, stop)
 
 
 def blocky_file(tmp_path: Path) -> bytes:
@@ -324,8 +324,8 @@ def test_counting_blank_lines_does_not_import_pandas() -> None:
     # pa.array() of a Python list imports pandas (~0.2 s) to ask whether it is a pandas object.
     code = (
         "import sys\nfrom lakesink.sources import ndjson\n"
-        "assert ndjson._count_records(bytearray(b'{}\\n \\n{}\\n'), 3) == 2\n"
-        "assert ndjson._count_records(bytearray(b'{}\\n{}\\n'), 2) == 2\n"
+        "assert ndjson.count_records(bytearray(b'{}\\n \\n{}\\n'), 3) == 2\n"
+        "assert ndjson.count_records(bytearray(b'{}\\n{}\\n'), 2) == 2\n"
         "print('pandas' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

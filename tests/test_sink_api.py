@@ -12,8 +12,8 @@ import pytest
 from deltalake import DeltaTable
 
 import lakesink
-from lakesink.stage import stage_batch
-from lakesink.storage import open_store
+from lakesink.storage.objects import open_store
+from lakesink.write.stage import stage_batch
 
 
 def read_table(uri: str, options: dict[str, str]) -> pa.Table:

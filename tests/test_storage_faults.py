@@ -36,9 +36,9 @@ import pyarrow as pa
 import pytest
 
 from lakesink import CommitOutcomeUnknown, CommitPolicy, ConfigError, Sink, TransientError
+from lakesink.delta.errors import describe_store_error
 from lakesink.sources.files import FilePosition
-from lakesink.storage import RETRY_DEFAULTS, StorageOptions
-from lakesink.table import describe_store_error
+from lakesink.storage.options import RETRY_DEFAULTS, StorageOptions
 from tests.support.checks import assert_exactly_once, assert_prefix_exactly_once, log_operations, table_version
 from tests.support.data import Dataset, write_ndjson_files
 from tests.support.fault_proxy import DELTA_LOG_ENTRY, FaultProxy, ProxyEvent

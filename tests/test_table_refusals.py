@@ -287,7 +287,7 @@ def test_a_table_with_an_unknown_reader_feature_is_a_terminal_error_naming_it(
 
 
 def test_writer_protocols_lakesink_appends_honour_are_accepted() -> None:
-    from lakesink.table import writer_protocol_problems
+    from lakesink.delta.protocol import writer_protocol_problems
 
     plain = json.dumps(SCHEMA)
     assert writer_protocol_problems(2, None, {}, plain) == []  # what delta-rs and lakesink create

@@ -19,10 +19,11 @@ import pytest
 from deltalake import DeltaTable
 
 import lakesink
-from lakesink.file_writer import GroupFiles
-from lakesink.pipeline import Emitter, Pipeline
-from lakesink.stage import stats_from_parquet
-from lakesink.storage import StorageOptions, open_store
+from lakesink.ingest.pipeline import Emitter, Pipeline
+from lakesink.storage.objects import open_store
+from lakesink.storage.options import StorageOptions
+from lakesink.write.file_writer import GroupFiles
+from lakesink.write.stats import stats_from_parquet
 from tests.conftest import run_cli
 from tests.support.checks import assert_exactly_once, table_files
 from tests.support.data import write_ndjson_files
@@ -316,7 +317,7 @@ def test_ingest_tunes_glibc_malloc_once_unless_the_process_set_it_itself(environ
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | environ
-    code = "from lakesink.malloc import keep_block_buffers as k; print(k(), k())"
+    code = "from lakesink.ingest.malloc import keep_block_buffers as k; print(k(), k())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [expected, expected]

@@ -144,8 +144,9 @@ class CsvReader:
             if len(text.encode("utf-8", errors="surrogateescape")) > self.max_record_bytes:
                 raise BadRecord(
                     f"{self.location}:{line}: the record at byte offset {offset} is longer than the record size "
-                    f"limit of {self.max_record_bytes} bytes (the reader's block size). Raise it: --max-record-bytes "
-                    "BYTES (API: max_record_bytes=BYTES). Nothing was committed from its batch."
+                    f"limit of {self.max_record_bytes} bytes (the reader's block size). Raise it: "
+                    "max_record_bytes=BYTES. Nothing was committed from its batch.",
+                    options=("max_record_bytes",),
                 )
             yield _Row(record, line, offset, text, fields)
             record += 1

@@ -14,7 +14,7 @@ Position contract (resume needs only the Delta `txn` version):
 
 What the contract assumes, and checks: files already (partly) ingested never change, vanish or
 gain a new neighbour sorting before them; new files sort after every committed one. Each commit
-stages a ledger beside the table (`_lakesink/ledger/<app>/<position>.json`) holding a hash chain
+stages a ledger beside the table (lakesink.layout.ledger_path) holding a hash chain
 over (path, size, mtime) of every file the position covers. On resume the chain is recomputed
 from a fresh listing; any difference is a SourceContractViolation naming the file, never a silent
 skip or duplicate.
@@ -23,33 +23,27 @@ skip or duplicate.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import json
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakesink.errors import BadRecord, ConfigError, SourceContractViolation
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, positive_int
+from lakesink.errors import BadRecord, ConfigError, InternalError, SourceContractViolation
 from lakesink.sources.csv_rows import CsvReader
+from lakesink.sources.ledger import ledger_body, verify_ledger
 from lakesink.sources.ndjson import Block, NdjsonReader
+from lakesink.sources.positions import ROW_BITS, FilePosition
 from lakesink.sources.records import Chunk, Format, Rejected, SchemaNow, SourceFile, no_columns
-from lakesink.storage import (
-    ObjectInfo,
-    ObjectStore,
-    StorageOptions,
-    expand_local_source,
-    is_remote,
-    iter_hidden_filtered,
-    open_store,
-)
+from lakesink.storage.listing import expand_local_source, iter_hidden_filtered
+from lakesink.storage.objects import ObjectInfo, ObjectStore, open_store
+from lakesink.storage.options import StorageOptions
+from lakesink.storage.uri import is_remote
 
-__all__ = ["Chunk", "FilePosition", "FileSource", "Format", "Rejected", "SourceFile", "DEFAULT_MAX_RECORD_BYTES"]
+__all__ = ["Chunk", "FilePosition", "FileSource", "Format", "Rejected", "SourceFile"]
 
-ROW_BITS = 40
-_ROW_MASK = (1 << ROW_BITS) - 1
 _MAX_FILES = 1 << (63 - ROW_BITS)
 _EXTENSIONS: dict[str, Format] = {
     ".ndjson": "ndjson",
@@ -58,27 +52,6 @@ _EXTENSIONS: dict[str, Format] = {
     ".csv": "csv",
     ".parquet": "parquet",
 }
-DEFAULT_MAX_RECORD_BYTES = 8 << 20
-"""The longest record (NDJSON line, CSV row) read by default; it is also the CSV reader's block size."""
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class FilePosition:
-    """Progress through a sorted file list: all of files[0..file_index) plus `row` records of the next."""
-
-    file_index: int
-    row: int
-
-    def encode(self) -> int:
-        return (self.file_index << ROW_BITS) | self.row
-
-    @classmethod
-    def decode(cls, value: int) -> FilePosition:
-        return cls(file_index=value >> ROW_BITS, row=value & _ROW_MASK)
-
-    def covered_files(self) -> int:
-        """How many files contributed records up to this position."""
-        return self.file_index + (1 if self.row else 0)
 
 
 class FileSource:
@@ -93,8 +66,7 @@ class FileSource:
         store: ObjectStore | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
-        if isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int) or max_record_bytes < 1:
-            raise ConfigError(f"max_record_bytes must be a positive int (bytes), not {max_record_bytes!r}")
+        positive_int(max_record_bytes, what="max_record_bytes", unit="bytes")
         self.uri = uri
         self.max_record_bytes = max_record_bytes
         options = storage_options or StorageOptions.resolve()
@@ -119,64 +91,17 @@ class FileSource:
     def __repr__(self) -> str:
         return f"FileSource({self.uri!r}, files={len(self.files)})"
 
-    def chain(self, count: int) -> str:
-        """The hash chain over (path, size, mtime) of files[0..count)."""
-        digest = hashlib.sha256(b"lakesink-file-chain-v1")
-        for f in self.files[:count]:
-            digest.update(json.dumps([f.path, f.size, f.mtime_ns]).encode())
-        return digest.hexdigest()
-
     def ledger(self, *, app_id: str, end: FilePosition, batch_files: Sequence[int]) -> bytes:
-        """The ledger staged before committing `end`: enough to verify the source on resume."""
-        body = {
-            "app_id": app_id,
-            "position": end.encode(),
-            "file_index": end.file_index,
-            "row": end.row,
-            "covered_files": end.covered_files(),
-            "chain": self.chain(end.covered_files()),
-            "files": [{"index": i, **asdict(self.files[i])} for i in batch_files],
-        }
-        return json.dumps(body, indent=1, sort_keys=True).encode()
+        """The ledger staged before committing `end` (lakesink.sources.ledger)."""
+        return ledger_body(self.files, app_id=app_id, end=end, batch_files=batch_files)
 
     def verify(self, committed: FilePosition, ledger: bytes | None) -> None:
-        """Check that the files behind `committed` are exactly those the ledger recorded.
+        """Check the files behind `committed` against its ledger (lakesink.sources.ledger.verify_ledger).
 
         Raises:
             SourceContractViolation: a covered file changed, vanished, or a new one sorts before it.
         """
-        covered = committed.covered_files()
-        if ledger is None:
-            raise SourceContractViolation(
-                f"the table holds position {committed.encode()} for this app id but no source ledger for it: "
-                "was the app id written by another program? Use a new --app-id (and table) for this source."
-            )
-        recorded = json.loads(ledger)
-        if covered > len(self.files):
-            raise SourceContractViolation(
-                f"the committed position covers {covered} files but {self.uri} now lists {len(self.files)}: "
-                "ingested files were removed. Restore them, or ingest into a new table."
-            )
-        if recorded["chain"] == self.chain(covered):
-            return
-        for entry in recorded["files"]:
-            now = self.files[entry["index"]]
-            if now.path != entry["path"]:
-                raise SourceContractViolation(
-                    f"file #{entry['index']} was {entry['path']!r} when committed and is now {now.path!r}: "
-                    "a file was added or removed before it. New files must sort after every ingested one "
-                    "(e.g. name them by time); restore the listing or ingest into a new table."
-                )
-            if (now.size, now.mtime_ns) != (entry["size"], entry["mtime_ns"]):
-                raise SourceContractViolation(
-                    f"{now.path!r} changed after it was ingested (size {entry['size']} -> {now.size}, "
-                    "or modification time): files are treated as immutable. Write changes as new files."
-                )
-        first = recorded["files"][0]["path"] if recorded["files"] else "the last committed file"
-        raise SourceContractViolation(
-            f"a file at or before {first!r} changed, vanished or a new one sorts before it since it was "
-            "ingested: files are treated as immutable and new files must sort after ingested ones."
-        )
+        verify_ledger(self.files, uri=self.uri, committed=committed, ledger=ledger)
 
     def location(self, file: SourceFile) -> str:
         """The file's full path or URI, as messages and the dead-letter table name it."""
@@ -298,7 +223,7 @@ class _NdjsonAhead:
             # The next block is read (or the next file opened) while the caller works on this one.
             self._pending = self._executor.submit(next, self._reads, None) if item is not None else None
             if item is None or item[0] != index:
-                raise RuntimeError(f"lakesink: NDJSON read ahead out of order (file #{index}, got {item and item[0]})")
+                raise InternalError(f"NDJSON read ahead out of order (file #{index}, got {item and item[0]})")
             if item[1] is None:
                 return
             yield item[1]
@@ -324,7 +249,8 @@ def _source_file(info: ObjectInfo, format: Format | None) -> SourceFile:
         detected = _EXTENSIONS.get(suffix)
         if detected is None:
             raise ConfigError(
-                f"cannot tell the format of {info.path!r} from its extension: pass --format ndjson|csv|parquet or narrow the glob"
+                f"cannot tell the format of {info.path!r} from its extension: pass format=ndjson|csv|parquet or narrow the glob",
+                options=("format",),
             )
         format = detected
     return SourceFile(path=info.path, size=info.size, mtime_ns=info.mtime_ns, format=format)

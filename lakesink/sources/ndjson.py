@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover - numpy is installed wherever the tests 
 class Block:
     """Whole lines of a file: `data` starts on line `line` (1-based), at byte `offset`, and holds `newlines` line ends.
 
-    `records` is its non-blank lines (`_count_records`). `data` is the block's own buffer (read
+    `records` is its non-blank lines (`count_records`). `data` is the block's own buffer (read
     into, never copied, never changed once yielded).
     """
 
@@ -65,7 +65,7 @@ class Block:
 
     @classmethod
     def of(cls, data: bytearray, line: int, offset: int, newlines: int) -> Block:
-        return cls(data, line, offset, newlines, _count_records(data, newlines))
+        return cls(data, line, offset, newlines, count_records(data, newlines))
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +139,7 @@ class NdjsonReader:
             if not size:
                 if carried:
                     data = bytearray().join(carry)
-                    yield Block.of(data, line, offset, _count_newlines(data, 0, len(data)))
+                    yield Block.of(data, line, offset, count_newlines(data, 0, len(data)))
                 return
             filled = start + size
             newline = buffer.find(b"\n", start, filled)
@@ -161,7 +161,7 @@ class NdjsonReader:
                 block = buffer
             else:
                 block = bytearray().join([*carry, memoryview(buffer)[:cut]])
-            newlines = _count_newlines(buffer, newline, cut)  # the carried line has none
+            newlines = count_newlines(buffer, newline, cut)  # the carried line has none
             yield Block.of(block, line, offset, newlines)
             line += newlines
             offset += len(block)
@@ -171,8 +171,8 @@ class NdjsonReader:
         return BadRecord(
             f"{self.location}:{line}: the record at byte offset {offset} is longer than the record size limit "
             f"of {self.max_record_bytes} bytes (the reader's block size). If it is one record, raise the limit: "
-            "--max-record-bytes BYTES (API: max_record_bytes=BYTES); if it is several, the line ends are missing. "
-            "Nothing was committed from its batch."
+            "max_record_bytes=BYTES; if it is several, the line ends are missing. Nothing was committed from its batch.",
+            options=("max_record_bytes",),
         )
 
     def _salvage(self, block: Block, first: int, schema: pa.Schema | None) -> Chunk:
@@ -231,7 +231,7 @@ class _Line:
     value: dict[str, object]
 
 
-def _count_records(data: bytearray, newlines: int) -> int:
+def count_records(data: bytearray, newlines: int) -> int:
     """Non-blank lines: the records the block must hold if every record is one line.
 
     `newlines` is data.count(b"\\n"), which the caller has already. Copies nothing. A blank line
@@ -250,7 +250,7 @@ def _count_records(data: bytearray, newlines: int) -> int:
     return lines - blank
 
 
-def _count_newlines(data: bytearray, start: int, stop: int) -> int:
+def count_newlines(data: bytearray, start: int, stop: int) -> int:
     """data.count(b"\\n", start, stop), with numpy when there is numpy: 3x faster, and mostly without the GIL.
 
     In pieces of 256 KiB: numpy's comparison result then stays in the CPU's cache, and is not a

@@ -50,7 +50,8 @@ class Rejected:
         return BadRecord(
             f"{self.source_file}:{self.line}: {self.reason} (record at byte offset {self.byte_offset}). "
             "Fix or remove that line, then rerun; nothing was committed from its batch. Or pass "
-            "--bad-records PATH (API: bad_records=PATH) to quarantine bad records in a Delta table and commit the rest."
+            "bad_records=PATH to quarantine bad records in a Delta table and commit the rest.",
+            options=("bad_records",),
         )
 
 

@@ -58,11 +58,12 @@ def write_positions(
 
 
 def create_table(uri: str, storage_options: dict[str, str], barrier: Any, out_path: str) -> None:
-    """Race `TableHandle.create` (what a Sink's first write calls) against other processes."""
+    """Race `lakesink.commit.create_table` (what a Sink's first write calls) against other processes."""
     import pyarrow as pa
 
-    from lakesink.storage import StorageOptions
-    from lakesink.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
+    from lakesink.commit import create_table
+    from lakesink.delta.table import DEFAULT_CHECKPOINT_INTERVAL
+    from lakesink.storage.options import StorageOptions
 
     error = None
     version = None
@@ -70,7 +71,7 @@ def create_table(uri: str, storage_options: dict[str, str], barrier: Any, out_pa
         options = StorageOptions.resolve(storage_options)
         schema = pa.schema([("id", pa.int64()), ("writer", pa.string())])
         barrier.wait(timeout=120)
-        handle = TableHandle.create(uri, options, schema=schema, partition_by=[], checkpoint_interval=DEFAULT_CHECKPOINT_INTERVAL)
+        handle = create_table(uri, options, schema=schema, partition_by=[], checkpoint_interval=DEFAULT_CHECKPOINT_INTERVAL)
         version = handle.version()
     except BaseException as exc:  # noqa: BLE001 - reported to the test, which asserts on it
         error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}

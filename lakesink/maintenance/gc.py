@@ -25,24 +25,20 @@ What is never deleted:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
-from lakesink.delta_log import LOG_DIR, commit_version, paths_named_in_log
+from lakesink.delta.log_reader import paths_named_in_log, txn_versions
+from lakesink.delta.table import TableHandle
 from lakesink.errors import ConfigError, TableError
-from lakesink.ingest import LEDGER_DIR
-from lakesink.stage import _app_slug
-from lakesink.status import txn_versions
-from lakesink.storage import ObjectInfo, ObjectStore, StorageOptions, normalize_table_uri, open_store
-from lakesink.table import TableHandle
+from lakesink.layout import LOG_DIR, app_slug, is_data_file, log_entry_version, parse_ledger_path
+from lakesink.storage.objects import ObjectInfo, ObjectStore, open_store
+from lakesink.storage.options import StorageOptions
+from lakesink.storage.uri import normalize_table_uri
 
 DEFAULT_GRACE = timedelta(hours=1)
-# `_write_local_atomically` writes `<name>.<pid>.tmp` and renames; a kill in between leaves it.
-_TEMP = re.compile(r"\.\d+\.tmp$")
-_LEDGER = re.compile(r"^([^/]+)/(\d{20})\.json$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +108,19 @@ def collect_garbage(
     # List the files before reading the log: a file committed before the log is read is then seen
     # as referenced, and one committed later was staged after the listing or is past the grace period.
     listed = store.list_files("")
-    handle = TableHandle.open(uri, options)
-    if handle is None:
-        raise TableError(f"no Delta table at {uri}: check the path (and --storage-option / AWS_* settings for S3)")
+    handle = TableHandle.open_existing(uri, options)
     log_files = store.list_files(LOG_DIR)
     referenced = paths_named_in_log(store, log_files, table_uri=uri)
-    newest = max([v for v in (commit_version(f.path) for f in log_files) if v is not None], default=handle.version())
-    committed = {_app_slug(app): position for app, position in txn_versions(store, up_to=newest).items()}
+    newest = max([v for v in (log_entry_version(f.path) for f in log_files) if v is not None], default=handle.version())
+    committed = {app_slug(app): position for app, position in txn_versions(store, up_to=newest).items()}
 
     now = clock()
     nested = _nested_table_roots(listed)
-    data = [f for f in listed if _is_data_file(f.path) and not f.path.startswith(nested)]
+    data = [f for f in listed if is_data_file(f.path) and not f.path.startswith(nested)]
     is_referenced = [f.path in referenced for f in data]
     unreferenced = [f for f, ref in zip(data, is_referenced, strict=True) if not ref]
     orphan_files = [f for f in unreferenced if _age(f, now) >= grace]
-    ledgers = [f for f in listed if f.path.startswith(LEDGER_DIR + "/") and _is_uncommitted_ledger(f.path, committed)]
+    ledgers = [f for f in listed if _is_uncommitted_ledger(f.path, committed)]
     orphan_ledgers = [f for f in ledgers if _age(f, now) >= grace]
     kept_young = len(unreferenced) - len(orphan_files)
     kept_young_ledgers = len(ledgers) - len(orphan_ledgers)
@@ -164,23 +158,14 @@ def _nested_table_roots(listed: list[ObjectInfo]) -> tuple[str, ...]:
     return tuple(sorted(roots))
 
 
-def _is_data_file(path: str) -> bool:
-    parts = path.split("/")
-    if any(part.startswith((".", "_")) for part in parts):
-        return False  # the log, lakesink's ledgers, change data, anything a Delta reader skips
-    name = _TEMP.sub("", parts[-1])
-    return name.endswith(".parquet")
-
-
 def _is_uncommitted_ledger(path: str, committed: dict[str, int]) -> bool:
-    rest = path[len(LEDGER_DIR) + 1 :]
-    match = _LEDGER.match(_TEMP.sub("", rest))
-    if match is None:
+    ledger = parse_ledger_path(path)
+    if ledger is None:
         return False  # not a ledger lakesink wrote: not ours to judge
-    if _TEMP.search(rest):
+    if ledger.temp:
         return True  # an interrupted write; the ledger itself, if any, is under the final name
-    position = committed.get(match.group(1))
-    return position is None or int(match.group(2)) > position
+    position = committed.get(ledger.slug)
+    return position is None or ledger.position > position
 
 
 def _age(info: ObjectInfo, now: float) -> float:
@@ -219,7 +204,8 @@ def _check_no_new_commit_names(store: ObjectStore, seen: list[ObjectInfo], delet
         raise TableError(
             f"a commit that landed while gc ran references {len(lost)} file(s) gc deleted: {', '.join(lost[:10])}. "
             "A writer took longer than the grace period between staging and committing. Restore the files from "
-            "bucket versioning or a backup, run `lakesink verify`, and use a longer --older-than."
+            "bucket versioning or a backup, run `lakesink verify`, and use a longer older_than.",
+            options=("older_than",),
         )
 
 

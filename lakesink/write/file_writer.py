@@ -1,14 +1,11 @@
 """Stream rows into Parquet files on the store: one open file per partition, rolled at a target size.
 
-The streaming path (lakesink.pipeline) cannot name a file by its content, as `stage_batch` does:
-the name is needed when the upload starts, long before the last row is known. A file is named
-by the position its commit group starts after, a sequence number, and a random nonce:
-
-    part-<start position, 20 digits>-<seq, 5 digits>-<app slug>-<nonce, 16 hex>.snappy.parquet
-
-A name is never reused, so no writer (a rerun, a concurrent copy, a zombie) can ever overwrite a
-file that a commit names. The price: a crash leaves the files of the group it was writing as
-orphans that no commit names; `lakesink gc` deletes them (lakesink.orphans).
+The streaming path (lakesink.ingest.pipeline) cannot name a file by its content, as `stage_batch`
+does: the name is needed when the upload starts, long before the last row is known. A file is named
+(lakesink.layout) by the position its commit group starts after, a sequence number, and a random
+nonce. A name is never reused, so no writer (a rerun, a concurrent copy, a zombie) can ever
+overwrite a file that a commit names. The price: a crash leaves the files of the group it was
+writing as orphans that no commit names; `lakesink gc` deletes them (lakesink.maintenance.gc).
 """
 
 from __future__ import annotations
@@ -23,18 +20,19 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakesink.config import DEFAULT_ROW_GROUP_BYTES, DEFAULT_TARGET_FILE_BYTES
 from lakesink.crashpoints import crash_point
-from lakesink.stage import StagedFile, _app_slug, partition_directory, split_by_partition, stats_from_parquet
-from lakesink.storage import ObjectStore
-
-DEFAULT_TARGET_FILE_BYTES = 128 << 20
-DEFAULT_ROW_GROUP_BYTES = 64 << 20  # of rows in memory; readers skip and fetch row groups whole
+from lakesink.delta.log_entry import StagedFile
+from lakesink.layout import PartitionValues, data_file_path
+from lakesink.storage.objects import ObjectStore
+from lakesink.write.partitions import split_by_partition
+from lakesink.write.stats import stats_from_parquet
 
 
 @dataclass
 class _OpenFile:
     path: str
-    partition_values: tuple[tuple[str, str | None], ...]
+    partition_values: PartitionValues
     schema: pa.Schema
     context: AbstractContextManager[pa.NativeFile]
     stream: pa.NativeFile
@@ -58,7 +56,7 @@ class GroupFiles:
     target_bytes: int = DEFAULT_TARGET_FILE_BYTES
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
     sequence: itertools.count[int] = field(default_factory=itertools.count)
-    _open: dict[tuple[tuple[str, str | None], ...], _OpenFile] = field(default_factory=dict)
+    _open: dict[PartitionValues, _OpenFile] = field(default_factory=dict)
     _done: list[StagedFile] = field(default_factory=list)
 
     def write(self, rows: pa.Table) -> None:
@@ -106,13 +104,10 @@ class GroupFiles:
                 current.context.__exit__(RuntimeError, aborted, None)
         self._open.clear()
 
-    def _start(self, values: tuple[tuple[str, str | None], ...], schema: pa.Schema) -> _OpenFile:
-        directory = partition_directory(values)
-        name = (
-            f"part-{max(self.start_position, 0):020d}-{next(self.sequence):05d}-{_app_slug(self.app_id)}-"
-            f"{secrets.token_hex(8)}.snappy.parquet"
+    def _start(self, values: PartitionValues, schema: pa.Schema) -> _OpenFile:
+        path = data_file_path(
+            values, position=self.start_position, part=next(self.sequence), app_id=self.app_id, tag=secrets.token_hex(8)
         )
-        path = f"{directory}/{name}" if directory else name
         context = self.store.open_output(path)
         stream = context.__enter__()
         try:
@@ -124,7 +119,7 @@ class GroupFiles:
         self._open[values] = opened
         return opened
 
-    def _fail(self, values: tuple[tuple[str, str | None], ...], exc: BaseException) -> None:
+    def _fail(self, values: PartitionValues, exc: BaseException) -> None:
         """Drop the partition's file after `exc`; raises the store's error for it (StorageUnavailable for
         a full disk or an unreachable store) when `exc` is an I/O error."""
         current = self._open.pop(values)
@@ -132,7 +127,7 @@ class GroupFiles:
             current.writer.close()
         current.context.__exit__(type(exc), exc, exc.__traceback__)
 
-    def _finish(self, values: tuple[tuple[str, str | None], ...]) -> None:
+    def _finish(self, values: PartitionValues) -> None:
         current = self._open[values]
         try:
             current.writer.close()

@@ -2,9 +2,9 @@
 
 A Delta commit is the creation of the next log entry: whoever creates version v first has
 committed it, and every other writer's create of v must fail. lakesink writes its append commits
-through this seam instead of through delta-rs, whose commit LISTs `_delta_log` three times and
-re-reads the stats of every live file (benchmarks/commit_cost.py): a commit made here is one
-create-only PUT, whatever the length of the history.
+through this seam instead of through delta-rs (whose commit LISTs the log and re-reads every live
+file's stats): a commit made here is one create-only PUT, whatever the length of the history.
+Only lakesink.commit uses it (`make lint` checks it).
 
 * Local disk: the entry is written to a temporary file, fsynced, and hard-linked to its name;
   `link` fails when the name exists, so two writers cannot both create it. (A filesystem without
@@ -20,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import uuid
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from lakesink.delta_log import LOG_DIR
+from lakesink.config import parse_duration
 from lakesink.errors import ConfigError, LakesinkError, StorageUnavailable
-from lakesink.storage import StorageOptions, fsync_path, is_remote, parse_seconds, redact
+from lakesink.layout import LOG_DIR, log_entry_name, log_entry_temp_name
+from lakesink.storage.objects import fsync_path
+from lakesink.storage.options import StorageOptions, redact
+from lakesink.storage.uri import is_remote
 
 
 class ConditionalPutUnsupported(LakesinkError):
@@ -65,10 +67,8 @@ class LocalLogStore:
         return f"LocalLogStore({self._dir!r})"
 
     def create(self, version: int, body: bytes) -> bool:
-        final = os.path.join(self._dir, f"{version:020d}.json")
-        # Named so that Delta readers (which parse the names in _delta_log) pass it by, should a
-        # crash leave it behind; delta-rs names its own temporary commits the same way.
-        tmp = os.path.join(self._dir, f"_commit_{uuid.uuid4().hex}.json.tmp")
+        final = os.path.join(self._dir, log_entry_name(version))
+        tmp = os.path.join(self._dir, log_entry_temp_name())
         try:
             with open(tmp, "xb") as out:
                 out.write(body)
@@ -91,7 +91,7 @@ class LocalLogStore:
                 os.remove(tmp)
 
     def read(self, version: int) -> bytes | None:
-        path = os.path.join(self._dir, f"{version:020d}.json")
+        path = os.path.join(self._dir, log_entry_name(version))
         try:
             with open(path, "rb") as entry:
                 return entry.read()
@@ -120,7 +120,7 @@ class S3LogStore:
         return f"S3LogStore(s3://{self._bucket}/{self._prefix}, storage_options={self._options!r})"
 
     def _key(self, version: int) -> str:
-        return f"{self._prefix}{version:020d}.json"
+        return f"{self._prefix}{log_entry_name(version)}"
 
     def create(self, version: int, body: bytes) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -198,8 +198,8 @@ def _s3_client(options: StorageOptions) -> Any:
     endpoint = values.get("AWS_ENDPOINT_URL") or values.get("AWS_ENDPOINT")
     config: dict[str, Any] = {
         "region_name": values.get("AWS_REGION", "us-east-1"),
-        "connect_timeout": parse_seconds(retry["CONNECT_TIMEOUT"], key="CONNECT_TIMEOUT"),
-        "read_timeout": parse_seconds(retry["TIMEOUT"], key="TIMEOUT"),
+        "connect_timeout": parse_duration(retry["CONNECT_TIMEOUT"], what="CONNECT_TIMEOUT"),
+        "read_timeout": parse_duration(retry["TIMEOUT"], what="TIMEOUT"),
         "retries": {"mode": "standard", "total_max_attempts": int(retry["MAX_RETRIES"]) + 1},
     }
     if endpoint and values.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "").lower() != "true":

@@ -1,13 +1,13 @@
-"""Reading the Delta log directly: which data files any log entry names, and where they live.
+"""Reading the Delta log directly: which data files any log entry names, and every app id's `txn`.
 
-delta-rs answers for one snapshot (`get_add_actions`); garbage collection must know every file
-*any* version still readable from the log references, so it reads the log's files itself.
+delta-rs answers for one snapshot and one known app id; garbage collection must know every file
+*any* version still readable from the log references, and status every app id, so they read the
+log's files themselves.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlparse
@@ -17,18 +17,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakesink.errors import TableError
-from lakesink.storage import ObjectInfo, ObjectStore, is_remote
+from lakesink.layout import LAST_CHECKPOINT, checkpoint_paths, log_entry_path, log_entry_version
+from lakesink.storage.objects import ObjectInfo, ObjectStore
+from lakesink.storage.uri import is_remote
 
-LOG_DIR = "_delta_log"
-_COMMIT = re.compile(r"^(\d{20})\.json$")
 _FILE_ACTIONS = ("add", "remove")
 _READERS = 8
-
-
-def commit_version(path: str) -> int | None:
-    """The version of a log path that is a JSON commit (`_delta_log/00000000000000000007.json`), else None."""
-    match = _COMMIT.match(path.rsplit("/", 1)[-1])
-    return int(match.group(1)) if match else None
 
 
 def store_path(log_path: str, table_uri: str) -> str | None:
@@ -86,7 +80,7 @@ def _paths_in(store: ObjectStore, path: str) -> list[str]:
         body = store.read_bytes(path)
     except FileNotFoundError:
         return []  # expired-log cleanup removed it after the listing: no version needs it any more
-    strict = commit_version(path) is not None
+    strict = log_entry_version(path) is not None
     named = []
     for line in body.splitlines():
         if not any(f'"{kind}"'.encode() in line for kind in _FILE_ACTIONS):
@@ -119,3 +113,31 @@ def _paths_in_checkpoint(store: ObjectStore, path: str) -> list[str]:
             named.extend(p for p in column.to_pylist() if p)
     return named
 
+
+def txn_versions(store: ObjectStore, *, up_to: int) -> dict[str, int]:
+    """Every app id's `txn` version at version `up_to`, read from the last checkpoint and the entries after it."""
+    positions: dict[str, int] = {}
+    start = 0
+    try:
+        pointer = json.loads(store.read_bytes(LAST_CHECKPOINT))
+    except FileNotFoundError:
+        pointer = None
+    if pointer is not None and int(pointer["version"]) <= up_to:
+        start = int(pointer["version"]) + 1
+        for path in checkpoint_paths(int(pointer["version"]), pointer.get("parts")):
+            with store.open_input(path) as stream:
+                txn = pq.read_table(stream, columns=["txn"]).column("txn")
+            for item in txn.to_pylist():
+                if item:
+                    positions[item["appId"]] = int(item["version"])
+    for version in range(start, up_to + 1):
+        try:
+            body = store.read_bytes(log_entry_path(version))
+        except FileNotFoundError:
+            continue
+        for line in body.splitlines():
+            if b'"txn"' in line:
+                action = json.loads(line).get("txn")
+                if action:
+                    positions[action["appId"]] = int(action["version"])
+    return dict(sorted(positions.items()))

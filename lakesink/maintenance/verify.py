@@ -12,17 +12,18 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lakesink.delta_log import store_path
-from lakesink.errors import ConfigError, TableError
-from lakesink.storage import ObjectStore, StorageOptions, is_remote, normalize_table_uri, open_store, s3_filesystem
-from lakesink.table import TableHandle, translate
+from lakesink.delta.errors import translate
+from lakesink.delta.log_reader import store_path
+from lakesink.delta.table import TableHandle
+from lakesink.errors import ConfigError
+from lakesink.storage.objects import ObjectStore, open_store, table_filesystem
+from lakesink.storage.options import StorageOptions
+from lakesink.storage.uri import normalize_table_uri
 
 ProblemKind = Literal["missing", "size", "unreadable", "row_count"]
 
@@ -141,9 +142,7 @@ def verify_table(
     """
     uri = normalize_table_uri(table_uri)
     options = StorageOptions.resolve(storage_options)
-    handle = TableHandle.open(uri, options)
-    if handle is None:
-        raise TableError(f"no Delta table at {uri}: check the path (and --storage-option / AWS_* settings for S3)")
+    handle = TableHandle.open_existing(uri, options)
     keys = tuple(key_columns)
     columns = handle.arrow_schema().names
     unknown = [k for k in keys if k not in columns]
@@ -151,7 +150,7 @@ def verify_table(
         raise ConfigError(f"key column(s) {', '.join(unknown)} not in the table (columns: {', '.join(columns)})")
     store = store or open_store(uri, options)
 
-    adds = pa.table(handle.table.get_add_actions(flatten=True))
+    adds = handle.add_actions()
     records = adds.column("num_records").to_pylist() if "num_records" in adds.column_names else [None] * adds.num_rows
     files = [
         (store_path(p, uri), p, int(size), n)
@@ -206,7 +205,7 @@ def _duplicates(
     try:
         # Read through pyarrow's own filesystem, not delta-rs's default handler: with both in one
         # process, the interpreter aborted at exit ("terminate called ...") on S3 in a few runs of 30.
-        dataset = handle.table.to_pyarrow_dataset(filesystem=_table_filesystem(handle.uri, options))
+        dataset = handle.dataset(table_filesystem(handle.uri, options))
         data = dataset.to_table(columns=list(keys), use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise translate(exc, options, doing=f"read the key columns of {handle.uri}") from exc
@@ -220,14 +219,6 @@ def _duplicates(
         DuplicateKey(key=tuple((k, row[k]) for k in keys), count=int(row["count_all"])) for row in top.to_pylist()
     )
     return repeated.num_rows, extra, sample
-
-
-def _table_filesystem(uri: str, options: StorageOptions) -> pafs.FileSystem:
-    """The table root as a pyarrow filesystem; delta-rs hands the dataset paths relative to it."""
-    if not is_remote(uri):
-        return pafs.SubTreeFileSystem(uri, pafs.LocalFileSystem())
-    parsed = urlparse(uri)
-    return pafs.SubTreeFileSystem(f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/"), s3_filesystem(options))
 
 
 def _json_value(value: object) -> object:

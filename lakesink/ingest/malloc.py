@@ -3,12 +3,10 @@
 The file readers allocate a buffer of up to 8 MiB per block. With glibc's defaults such a buffer
 is mmapped and unmapped each time, or the freed heap top is trimmed, so every block faults its
 pages in again; page faults and unmaps take the process's memory-map lock, which stalls the
-pipeline's other threads (pyarrow's parsing pool, the Parquet encoder). Measured on the 744 MB
-NDJSON benchmark (2 cores): 165k minor faults, 1.1-1.8 s system time and 5.9-8.3 s wall with
-the defaults; 45k faults, 0.4-0.6 s and 4.2 s wall with these settings.
+pipeline's other threads (benchmarks/README.md, "Figures behind the defaults", has the figures).
 
-`ingest` applies them once per process: allocations below 64 MiB come from the heap, and up to
-256 MiB of free heap top is kept for reuse rather than trimmed. A process that sets
+`ingest` applies these settings once per process: allocations below 64 MiB come from the heap,
+and up to 256 MiB of free heap top is kept for reuse rather than trimmed. A process that sets
 MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ itself keeps its own settings; on other C
 libraries (musl, macOS) nothing changes.
 """

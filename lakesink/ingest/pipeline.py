@@ -4,7 +4,7 @@
 
 The reader decodes the source and cuts it into commit groups; it sends each group as row-group
 sized tables, then a seal saying where the group ends. Each encoder writes the rows it gets as
-Parquet files straight to the store (lakesink.file_writer) and, at a seal, finishes them. The
+Parquet files straight to the store (lakesink.write.file_writer) and, at a seal, finishes them. The
 caller gets a sealed group once every encoder has finished its files of it, and commits it while
 the next groups are being read and written.
 
@@ -28,8 +28,8 @@ from typing import Generic, TypeVar
 
 import pyarrow as pa
 
-from lakesink.file_writer import GroupFiles
-from lakesink.stage import StagedFile
+from lakesink.delta.log_entry import StagedFile
+from lakesink.write.file_writer import GroupFiles
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,20 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from lakesink.errors import TableError
-from lakesink.stage import StagedFile
+from lakesink.layout import PartitionValues
 
 WRITE_ID_KEY = "lakesink.writeId"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """A Parquet file written under the table root, described as its Delta `add` action needs."""
+
+    path: str  # relative to the table root, as the store names it (encoded once more for the log)
+    size: int
+    partition_values: PartitionValues
+    stats: str
+    num_records: int
 
 
 def encode_append(

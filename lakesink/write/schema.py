@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakesink.convert import plain_type
 from lakesink.errors import SchemaMismatch
+from lakesink.write.convert import plain_type
 
 _INT_ORDER = [pa.int8(), pa.int16(), pa.int32(), pa.int64()]
 _UNSIGNED_TO_SIGNED = {
@@ -79,7 +79,8 @@ def fit(data: pa.Table, table_schema: pa.Schema | None, *, evolve: bool) -> Fitt
         names = ", ".join(repr(f.name) for f in extra)
         raise SchemaMismatch(
             f"column(s) {names} are not in the table; to add them as nullable columns, "
-            "pass evolve_schema=True (CLI: --evolve-schema), or drop them from the input"
+            "pass evolve_schema=True, or drop them from the input",
+            options=("evolve_schema",),
         )
     new_fields = tuple(pa.field(f.name, delta_type(f.type), nullable=True) for f in extra)
     target = pa.schema(list(table_schema) + list(new_fields))

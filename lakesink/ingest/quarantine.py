@@ -7,7 +7,7 @@ rows, at the same position:
 
 - killed between the two commits, the rerun cuts the same batch again (it starts from the good
   table's position), finds the dead-letter table already at that position, and skips it;
-- a rerun with another --batch-rows, or a concurrent copy of the job, may cut batches that end
+- a rerun with another batch size, or a concurrent copy of the job, may cut batches that end
   elsewhere: only bad records at or after the dead-letter table's own position are written, and
   the write commits only if that position has not moved since (`previous`), so none is written
   twice and none is left out.
@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 import pyarrow as pa
 
 from lakesink.errors import ConfigError, SchemaMismatch
-from lakesink.schema import fit
 from lakesink.sink import Sink
 from lakesink.sources.files import FilePosition, Rejected
+from lakesink.write.schema import fit
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -94,11 +94,11 @@ class Quarantine:
                 continue  # a concurrent copy of the job quarantined part of them: look again
             return result.rows if result.committed else 0
 
-
     def _not_dead_letter(self, exc: SchemaMismatch) -> ConfigError:
         return ConfigError(
-            f"{self.uri} is not a dead-letter table ({exc}): pass --bad-records a new path, or one an "
-            "earlier run with --bad-records created"
+            f"{self.uri} is not a dead-letter table ({exc}): pass bad_records=PATH with a new path, or one an "
+            "earlier run with bad_records created",
+            options=("bad_records",),
         )
 
 

@@ -1,0 +1,160 @@
+"""`lakesink ingest`: files into a table, each record exactly once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+
+import click
+
+from lakesink import CommitInterval, ConfigError, IngestProgress, IngestReport, LakesinkError, WriteConfig, ingest
+from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options
+from lakesink.cli.progress import ProgressLines, progress_bar
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_WRITE_THREADS, parse_size
+from lakesink.sources.records import Format
+
+
+@click.command("ingest")
+@click.argument("source")
+@click.argument("table")
+@click.option(
+    "--app-id", required=True, help="Names this job (one per source partition). Its committed position lives in the table's txn."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["ndjson", "csv", "parquet"]), help="Source format; default: from each file's extension."
+)
+@click.option(
+    "--commit-interval",
+    metavar="LIMITS",
+    default="1GB,60s",
+    show_default=True,
+    help="Commit once the records read since the last commit reach any of these limits: records (500000rows), "
+    "size of the rows in memory (512MB) or time (30s); join several with commas. Bigger commits cost less per row; "
+    "smaller ones show rows sooner and leave less to redo after a crash.",
+)
+@click.option(
+    "--batch-rows", type=click.IntRange(min=1), metavar="N",
+    help="Records per commit: like adding Nrows to --commit-interval (which must then set no records limit).",
+)
+@click.option(
+    "--target-file-size", metavar="SIZE", default="128MB", show_default=True,
+    help="Parquet file size to aim for; a commit smaller than this writes smaller files (one per partition).",
+)
+@click.option(
+    "--in-flight", "in_flight", metavar="SIZE", default="256MB", show_default=True,
+    help="Rows read but not yet written to the store that memory may hold; peak memory stays near this plus a constant.",
+)
+@click.option(
+    "--write-threads", type=click.IntRange(min=1), default=DEFAULT_WRITE_THREADS, show_default=True,
+    help="Threads encoding and uploading Parquet while the source is read; each writes its own files.",
+)
+@click.option("--partition-by", multiple=True, help="Partition column (repeatable); only when creating the table.")
+@click.option("--evolve-schema", is_flag=True, help="Add new input columns to the table as nullable columns instead of failing.")
+@click.option(
+    "--bad-records",
+    metavar="PATH",
+    help="Quarantine records that cannot be parsed or do not fit the table in this Delta table (local path or "
+    "s3://...) with file, line, reason and text, and commit the rest, instead of failing. Exactly once, like TABLE.",
+)
+@click.option(
+    "--max-record-bytes",
+    type=click.IntRange(min=1),
+    metavar="BYTES",
+    default=DEFAULT_MAX_RECORD_BYTES,
+    help=f"Longest NDJSON line or CSV row to read (the reader's block size); default {DEFAULT_MAX_RECORD_BYTES} (8 MiB).",
+)
+@click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress on stderr: a bar on a terminal, a line every 10 s otherwise (default: on when stderr is a terminal).",
+)
+def ingest_command(
+    source: str,
+    table: str,
+    app_id: str,
+    fmt: Format | None,
+    commit_interval: str,
+    batch_rows: int | None,
+    target_file_size: str,
+    in_flight: str,
+    write_threads: int,
+    partition_by: tuple[str, ...],
+    evolve_schema: bool,
+    bad_records: str | None,
+    max_record_bytes: int,
+    storage_pairs: tuple[str, ...],
+    as_json: bool,
+    progress: bool | None,
+) -> None:
+    """Ingest the files at SOURCE into the Delta table TABLE, each record exactly once.
+
+    \b
+    SOURCE: a folder, a glob ('data/*.ndjson') or s3://bucket/prefix of immutable files,
+    read in name order. Formats: .ndjson/.jsonl/.json, .csv, .parquet.
+    TABLE: a local path or s3://bucket/prefix; created on the first commit.
+
+    \b
+    Rerun the same command after a crash: it continues after the last commit. Rerun it after
+    success: it adds nothing. New files must sort after ingested ones; ingested files must not
+    change (both are checked).
+
+    \b
+    Example:
+      lakesink ingest ./events/ ./lake/events --app-id events --partition-by day
+
+    \b
+    Speed: reading, Parquet encoding and uploading overlap; memory stays near --in-flight
+    however large SOURCE is. Each commit holds up to --commit-interval of records in files
+    of about --target-file-size.
+    """
+    try:
+        interval = CommitInterval.parse(commit_interval)
+        if batch_rows is not None:
+            if interval.rows is not None:
+                raise ConfigError(
+                    f"--batch-rows {batch_rows} and --commit-interval {commit_interval!r} both set the records per "
+                    "commit: give one"
+                )
+            interval = replace(interval, rows=batch_rows)
+        write = WriteConfig(
+            interval=interval,
+            target_file_bytes=parse_size(target_file_size, what="--target-file-size"),
+            in_flight_bytes=parse_size(in_flight, what="--in-flight"),
+            write_threads=write_threads,
+        )
+    except LakesinkError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    storage_options = parse_storage_options(storage_pairs)
+    show = sys.stderr.isatty() if progress is None else progress
+
+    def run(on_progress: Callable[[IngestProgress], None] | None) -> IngestReport:
+        return ingest(
+            source,
+            table,
+            app_id=app_id,
+            format=fmt,
+            write=write,
+            partition_by=partition_by,
+            evolve_schema=evolve_schema,
+            bad_records=bad_records,
+            max_record_bytes=max_record_bytes,
+            storage_options=storage_options,
+            on_progress=on_progress,
+        )
+
+    try:
+        if show and sys.stderr.isatty() and not as_json:
+            with progress_bar() as update:
+                report = run(update)
+        else:
+            report = run(ProgressLines() if show else None)
+    except LakesinkError as exc:
+        fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.to_dict()}))
+    else:
+        click.echo(report.summary())

@@ -1,0 +1,156 @@
+"""Configuration values and the one parser of each unit (sizes, durations, counts).
+
+Every option lakesink takes, from the CLI or the API, is checked here, so a wrong value fails
+with a ConfigError naming it before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from lakesink.errors import ConfigError
+
+DEFAULT_TARGET_FILE_BYTES = 128 << 20
+DEFAULT_ROW_GROUP_BYTES = 64 << 20  # of rows in memory; readers skip and fetch row groups whole
+DEFAULT_IN_FLIGHT_BYTES = 256 << 20
+DEFAULT_MAX_RECORD_BYTES = 8 << 20
+"""The longest record (NDJSON line, CSV row) read by default; it is also the CSV reader's block size."""
+# Two encoders overlap one row group's encoding with the next (benchmarks/README.md has the figures).
+DEFAULT_WRITE_THREADS = min(2, os.cpu_count() or 1)
+
+_BYTES = {"b": 1, "kb": 1 << 10, "kib": 1 << 10, "mb": 1 << 20, "mib": 1 << 20, "gb": 1 << 30, "gib": 1 << 30}
+_SECONDS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "secs": 1.0, "m": 60.0, "min": 60.0, "mins": 60.0}
+_SECONDS.update({"h": 3600.0, "d": 86400.0, "w": 604800.0})
+_NUMBER = r"\d+(?:\.\d+)?"
+_SIZE = re.compile(rf"({_NUMBER})\s*(b|kb|kib|mb|mib|gb|gib)?")
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|secs|sec|s|mins|min|m|h|d|w)")
+_ROWS = re.compile(rf"({_NUMBER})\s*(rows|records)")
+
+
+def parse_size(text: str, *, what: str = "size") -> int:
+    """`128MB`, `1GB`, `64KiB`, `65536` (bytes) as bytes; KB, MB, GB are powers of 1024.
+
+    Raises:
+        ConfigError: anything else, naming `what`.
+    """
+    match = _SIZE.fullmatch(str(text).strip().lower())
+    if match is None:
+        raise ConfigError(f"cannot read {what} {text!r}: use e.g. 128MB, 1GB or a number of bytes")
+    return int(float(match.group(1)) * _BYTES[match.group(2) or "b"])
+
+
+def parse_duration(text: str, *, what: str = "duration", allow_zero: bool = False) -> float:
+    """Seconds in `90s`, `500ms`, `30m`, `1h`, `7d`, `1h30m`, or a bare number of seconds.
+
+    Raises:
+        ConfigError: anything else, or zero unless `allow_zero`; the message names `what`.
+    """
+    spoken = str(text).strip().lower()
+    if re.fullmatch(_NUMBER, spoken):
+        seconds = float(spoken)
+    elif spoken and not _DURATION_PART.sub("", spoken).strip():
+        seconds = sum(float(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(spoken))
+    else:
+        seconds = -1.0
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        kind = "duration" if allow_zero else "positive duration"
+        raise ConfigError(f"{what}={text!r} must be a {kind} such as 30s, 500ms, 2m, 1h or 7d")
+    return seconds
+
+
+def positive_int(value: object, *, what: str, unit: str = "") -> int:
+    """`value` if it is an int >= 1 (not a bool).
+
+    Raises:
+        ConfigError: naming `what` and its unit.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive int{f' ({unit})' if unit else ''}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInterval:
+    """When `ingest` commits: once a commit group holds `rows` records, `bytes` of rows, or has been
+    open `seconds`, whichever comes first (None: no limit of that kind).
+
+    Records count good and bad ones, as positions do. Bytes are the rows' size decoded in memory
+    (Arrow), so they mean the same for every source format. Bigger commits cost less per row (a
+    commit is a few log requests); smaller ones make rows visible sooner and leave less to redo
+    after a crash.
+    """
+
+    rows: int | None = None
+    bytes: int | None = 1 << 30
+    seconds: float | None = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "bytes", "seconds"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"CommitInterval.{name} must be a positive number or None, not {value!r}")
+        if self.rows is None and self.bytes is None and self.seconds is None:
+            raise ConfigError("CommitInterval needs a limit (rows, bytes or seconds); without one a run commits only at its end")
+
+    @classmethod
+    def parse(cls, spec: str) -> CommitInterval:
+        """`500000rows`, `512MB`, `30s`, or several joined by commas (`1GB,60s`): the limits to set.
+
+        Sizes take B, KB, MB, GB (powers of 1024: KiB, MiB, GiB are accepted too); times s, m, h.
+
+        Raises:
+            ConfigError: a part that is none of those, or a kind of limit given twice.
+        """
+        limits: dict[str, float | int] = {}
+        for part in (p.strip().lower() for p in spec.split(",") if p.strip()):
+            rows = _ROWS.fullmatch(part)
+            kind, value = ("rows", int(float(rows.group(1)))) if rows else _size_or_seconds(part, spec)
+            if kind in limits:
+                raise ConfigError(f"commit interval {spec!r} sets {kind} twice: give each kind of limit once")
+            limits[kind] = value
+        return cls(
+            rows=int(limits["rows"]) if limits.get("rows") else None,
+            bytes=int(limits["bytes"]) if limits.get("bytes") else None,
+            seconds=float(limits["seconds"]) if limits.get("seconds") else None,
+        )
+
+
+def _size_or_seconds(part: str, spec: str) -> tuple[str, float | int]:
+    if not re.fullmatch(_NUMBER, part):  # a limit names its unit: a bare number could be any of the three
+        try:
+            return "bytes", parse_size(part)
+        except ConfigError:
+            pass
+        try:
+            return "seconds", parse_duration(part)
+        except ConfigError:
+            pass
+    raise ConfigError(f"cannot read {part!r} in commit interval {spec!r}: use e.g. 500000rows, 512MB, 30s or 1GB,60s")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteConfig:
+    """How `ingest` writes: commit sizes, file sizes, and the memory and threads it may use.
+
+    Peak memory is about `in_flight_bytes` (rows read and not yet written) plus a row group
+    being gathered (`row_group_bytes`) plus the reader's block and pyarrow's buffers: it does not
+    grow with the input.
+    """
+
+    interval: CommitInterval = CommitInterval()
+    target_file_bytes: int = DEFAULT_TARGET_FILE_BYTES
+    in_flight_bytes: int = DEFAULT_IN_FLIGHT_BYTES
+    write_threads: int = field(default_factory=lambda: DEFAULT_WRITE_THREADS)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interval, CommitInterval):
+            raise ConfigError(f"WriteConfig.interval must be a CommitInterval, not {type(self.interval).__name__}")
+        for name in ("target_file_bytes", "in_flight_bytes", "write_threads"):
+            positive_int(getattr(self, name), what=name)
+
+    @property
+    def row_group_bytes(self) -> int:
+        # Big row groups read well; a quarter of the budget lets several be in flight at once.
+        return max(1, min(DEFAULT_ROW_GROUP_BYTES, self.in_flight_bytes // 4))

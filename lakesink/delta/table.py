@@ -1,0 +1,348 @@
+"""Open, create and refresh a Delta table, and read its `txn` positions without replaying history.
+
+One `TableHandle` stays open for the life of a `Sink`. Its version is the last log entry this
+writer knows of: the delta-rs snapshot's, or one lakesink created or read itself since
+(`advance`). lakesink's own append commits never go through delta-rs (lakesink.delta.log_store),
+so the delta-rs snapshot is brought up to date only when it is needed: at a checkpoint, when another
+writer changed the table's metadata, or to read a `txn` the per-version cache does not hold (an
+update grows with the table; benchmarks/README.md, "Commit cost", has the figures).
+
+The raw delta-rs table never leaves this module: what lakesink reads of it and writes through it
+are methods here. The methods that write to the log (`create`, `add_columns`, `commit_transaction`,
+`checkpoint`) are called by lakesink.commit only (`make lint` checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction
+from deltalake import Schema as DeltaSchema
+from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMismatchError, TableNotFoundError
+from deltalake.transaction import AddAction
+
+from lakesink.delta.errors import CommitConflict, CommitNotAnswered, translate
+from lakesink.delta.log_entry import StagedFile
+from lakesink.delta.protocol import writer_protocol_problems
+from lakesink.errors import InternalError, TableError
+from lakesink.layout import LOG_DIR, log_entry_path
+from lakesink.storage.listing import visible_entries
+from lakesink.storage.objects import open_store
+from lakesink.storage.options import StorageOptions
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads  # imports pandas: only where a dataset is read
+
+log = logging.getLogger(__name__)
+
+# The `delta.checkpointInterval` of tables lakesink creates: frequent checkpoints keep log replay
+# (every open, every snapshot update) short; each costs once per interval, never per commit.
+DEFAULT_CHECKPOINT_INTERVAL = 20
+
+class TableHandle:
+    """A Delta table kept open between commits, with a per-snapshot cache of `txn` versions."""
+
+    def __init__(
+        self,
+        table: DeltaTable,
+        *,
+        uri: str,
+        options: StorageOptions,
+        writing: bool = False,
+    ) -> None:
+        self._table = table
+        self.uri = uri
+        self.options = options
+        self._version = table.version()
+        self._txn_cache: dict[str, tuple[int, int | None]] = {}
+        self._writing = writing
+        self._checked: tuple[object, ...] | None = None
+        if writing:
+            self.check_writable()
+
+    def __repr__(self) -> str:
+        return f"TableHandle({self.uri!r}, version={self._version})"
+
+    @classmethod
+    def open(cls, uri: str, options: StorageOptions, *, writing: bool = False) -> TableHandle | None:
+        """The table at `uri`, or None when there is none yet.
+
+        With `writing`, the table must be one lakesink can append to (`check_writable`, also after
+        every refresh), and "none yet" means an empty location: a prefix or folder holding other
+        files (a Parquet dataset, say) is refused rather than turned into a Delta table, so nothing
+        is ever written next to data lakesink did not write.
+
+        Raises:
+            TableError: something is there but it is not a Delta table lakesink can read (or write).
+            StorageUnavailable: the store did not answer.
+        """
+        try:
+            table = DeltaTable(uri, storage_options=options.for_delta())
+        except TableNotFoundError:
+            if not writing:
+                return None
+            return cls._open_after_checking_location(uri, options)
+        except Exception as exc:
+            raise translate(exc, options, doing=f"open {uri}") from exc
+        log.info("opened table %s at version %d (storage options %r)", uri, table.version(), options)
+        return cls(table, uri=uri, options=options, writing=writing)
+
+    @classmethod
+    def open_existing(cls, uri: str, options: StorageOptions) -> TableHandle:
+        """The table at `uri`, to read.
+
+        Raises:
+            TableError: there is no Delta table at `uri` (or it is not one lakesink can read).
+            StorageUnavailable: the store did not answer.
+        """
+        handle = cls.open(uri, options)
+        if handle is None:
+            raise TableError(
+                f"no Delta table at {uri}: check the path (and storage_options=KEY=VALUE / AWS_* settings for S3)",
+                options=("storage_options",),
+            )
+        return handle
+
+    @classmethod
+    def _open_after_checking_location(cls, uri: str, options: StorageOptions) -> TableHandle | None:
+        found = visible_entries(uri, options, limit=3)
+        if not found:
+            return None
+        # A concurrent writer creates version 0 before it stages any file: look again before refusing.
+        try:
+            table = DeltaTable(uri, storage_options=options.for_delta())
+        except TableNotFoundError:
+            raise TableError(
+                f"{uri} is not a Delta table: it has no {LOG_DIR} but holds other files ({', '.join(found)}"
+                f"{', ...' if len(found) >= 3 else ''}). lakesink writes only into a Delta table or an empty "
+                "location: fix the table URI, or convert that data to Delta first."
+            ) from None
+        except Exception as exc:
+            raise translate(exc, options, doing=f"open {uri}") from exc
+        return cls(table, uri=uri, options=options, writing=True)
+
+    @classmethod
+    def create(
+        cls,
+        uri: str,
+        options: StorageOptions,
+        *,
+        schema: pa.Schema,
+        partition_by: Sequence[str],
+        checkpoint_interval: int,
+    ) -> TableHandle:
+        """Create the table, or open it if a concurrent writer created it first."""
+        try:
+            DeltaTable.create(
+                uri,
+                schema=schema,
+                partition_by=list(partition_by) or None,
+                mode="ignore",
+                configuration={"delta.checkpointInterval": str(checkpoint_interval)},
+                storage_options=options.for_delta(),
+                # Version 0 or nothing: with retries, delta-rs commits a loser's CREATE TABLE as
+                # version 1, 2, ... (a new table id, the loser's schema) when a concurrent creator,
+                # or our own create whose answer was lost and was re-sent, took version 0.
+                commit_properties=CommitProperties(max_commit_retries=0),
+            )
+        except Exception as exc:
+            # A concurrent creator (or our own lost answer) took version 0: use that table.
+            created = cls.open(uri, options, writing=True)
+            if created is None:
+                raise translate(exc, options, doing=f"create {uri}") from exc
+            log.info("table %s was created by a concurrent writer (or our lost answer): using it", uri)
+            return created
+        log.info("created table %s (partitioned by %s, storage options %r)", uri, list(partition_by) or "nothing", options)
+        handle = cls.open(uri, options, writing=True)
+        if handle is None:
+            raise TableError(f"created {uri} but cannot read it back; check the store's consistency")
+        return handle
+
+    def version(self) -> int:
+        return self._version
+
+    def refresh(self) -> None:
+        """Read the log entries added since the delta-rs snapshot (incrementally), up to the latest.
+
+        Raises:
+            StorageUnavailable: the store did not answer.
+        """
+        try:
+            self._table.update_incremental()
+        except Exception as exc:
+            raise translate(exc, self.options, doing=f"refresh {self.uri}") from exc
+        self._version = self._table.version()
+        if self._writing:
+            self.check_writable()  # another writer may have upgraded the protocol
+
+    def sync_delta_rs(self) -> None:
+        """Bring the delta-rs snapshot up to this handle's version, if lakesink's own entries are past it."""
+        if self._table.version() != self._version:
+            self.refresh()
+
+    def advance(self, version: int, txns: dict[str, int]) -> None:
+        """Entry `version`, the one after this handle's, was created or read by lakesink: move to it.
+
+        `txns` are the positions it sets; every other cached position carries over unchanged.
+        """
+        if version != self._version + 1:
+            raise InternalError(f"log entry {version} does not follow version {self._version}")
+        carried = {app: (version, pos) for app, (at, pos) in self._txn_cache.items() if at == self._version}
+        carried.update({app: (version, pos) for app, pos in txns.items()})
+        self._txn_cache = carried
+        self._version = version
+
+    def checkpoint(self, *, cleanup_expired_logs: bool) -> None:
+        """Bring the delta-rs snapshot up to date and write a checkpoint of it (and `_last_checkpoint`).
+
+        Raises:
+            StorageUnavailable: the store did not answer.
+        """
+        self.refresh()
+        try:
+            self._table.create_checkpoint()
+            if cleanup_expired_logs:
+                self._table.cleanup_metadata()
+        except Exception as exc:
+            raise translate(exc, self.options, doing=f"checkpoint {self.uri}") from exc
+
+    def check_writable(self) -> None:
+        """Refuse a table whose writer protocol asks for more than appending Parquet files.
+
+        Raises:
+            TableError: naming the writer version or feature(s) lakesink cannot honour.
+        """
+        protocol = self._table.protocol()
+        configuration = dict(self._table.metadata().configuration)
+        key = (protocol.min_writer_version, tuple(protocol.writer_features or ()), tuple(sorted(configuration.items())))
+        if key == self._checked:
+            return
+        problems = writer_protocol_problems(
+            protocol.min_writer_version, protocol.writer_features, configuration, self._table.schema().to_json()
+        )
+        if problems:
+            raise TableError(
+                f"lakesink cannot write to {self.uri}: {'; '.join(problems)}. Nothing was written. Write to this "
+                "table with a Delta writer that supports it, or ingest into a new table."
+            )
+        self._checked = key
+
+    def committed_position(self, app_id: str) -> int | None:
+        """The `txn` version for `app_id` at this handle's version (None if it has none)."""
+        cached = self._txn_cache.get(app_id)
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        self.sync_delta_rs()  # transaction_version reads the delta-rs snapshot
+        version = self._version
+        try:
+            position = self._table.transaction_version(app_id)
+        except Exception as exc:
+            raise translate(exc, self.options, doing=f"read the txn of {app_id!r}") from exc
+        self._txn_cache[app_id] = (version, position)
+        return position
+
+    def note_own_commit(self, app_id: str, position: int, *, read_version: int) -> None:
+        """After a successful commit and refresh: if ours is the only new commit, cache its txn.
+
+        Otherwise another writer committed too and the next read asks the log, so a zombie's
+        commit landed in between is never hidden by the cache.
+        """
+        if self._version == read_version + 1:
+            self._txn_cache[app_id] = (read_version + 1, position)
+
+    def commit_infos(self, versions: range) -> list[dict[str, Any]]:
+        """The commitInfo of each given version, read by name (GETs only; no LIST of the log).
+
+        Raises:
+            StorageUnavailable: the store did not answer.
+        """
+        store = open_store(self.uri, self.options)
+        infos = []
+        for version in versions:
+            try:
+                body = store.read_bytes(log_entry_path(version))
+            except FileNotFoundError:
+                continue  # expired by log clean-up: nothing to tell
+            for line in body.splitlines():
+                if line.startswith(b'{"commitInfo"'):
+                    infos.append(json.loads(line)["commitInfo"])
+        return infos
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema(self._table.schema().to_arrow())
+
+    def partition_columns(self) -> list[str]:
+        return list(self._table.metadata().partition_columns)
+
+    def add_columns(self, fields: Sequence[pa.Field]) -> None:
+        """Add nullable columns (schema evolution) in a commit of their own, then refresh."""
+        delta_fields = DeltaSchema.from_arrow(pa.schema(fields)).fields
+        self.sync_delta_rs()  # alter on a snapshot no older than lakesink's own commits
+        try:
+            self._table.alter.add_columns(delta_fields)
+        except Exception as exc:
+            self.refresh()
+            present = set(self.arrow_schema().names)
+            if all(f.name in present for f in fields):
+                return  # a concurrent writer (or our lost answer) added them already
+            raise translate(exc, self.options, doing="add columns") from exc
+        self.refresh()
+
+    def configuration(self) -> Mapping[str, str]:
+        """The table's `delta.*` (and other) properties."""
+        return dict(self._table.metadata().configuration)
+
+    def add_actions(self) -> pa.Table:
+        """The snapshot's live files, one row each (`path`, `size_bytes`, `num_records`, partition values)."""
+        return pa.table(self._table.get_add_actions(flatten=True))
+
+    def dataset(self, filesystem: pafs.FileSystem) -> pads.Dataset:
+        """The snapshot's rows as a pyarrow dataset read through `filesystem` (rooted at the table)."""
+        return self._table.to_pyarrow_dataset(filesystem=filesystem)
+
+    def commit_transaction(
+        self,
+        staged: Sequence[StagedFile],
+        *,
+        schema: pa.Schema,
+        partition_by: Sequence[str],
+        app_id: str,
+        position: int,
+        now_ms: int,
+        commit_info: Mapping[str, object],
+        cleanup_expired_logs: bool | None,
+    ) -> None:
+        """Commit `staged` with `txn(app_id, position)` through delta-rs, which checks for conflicts
+        and writes the checkpoint its post-commit hook is due (`cleanup_expired_logs`: None as the
+        table says, False never).
+
+        Raises:
+            CommitConflict: another writer committed since this snapshot in a way delta-rs refuses.
+            CommitNotAnswered: the attempt failed; the commit may or may not have landed.
+            TableError, ConfigError, StorageUnavailable: refused for a reason a retry cannot change.
+        """
+        try:
+            self._table.create_write_transaction(
+                [AddAction(f.path, f.size, dict(f.partition_values), now_ms, True, f.stats) for f in staged],
+                "append",
+                schema,
+                partition_by=list(partition_by) or None,
+                commit_properties=CommitProperties(
+                    custom_metadata=dict(commit_info), app_transactions=[Transaction(app_id, position, now_ms)]
+                ),
+                post_commithook_properties=PostCommitHookProperties(
+                    create_checkpoint=True, cleanup_expired_logs=cleanup_expired_logs
+                ),
+            )
+        except CommitFailedError as exc:
+            raise CommitConflict(translate(exc, None, doing="commit").args[0]) from exc
+        except (DeltaProtocolError, SchemaMismatchError, ValueError, TypeError) as exc:
+            raise translate(exc, None, doing=f"commit position {position} of {app_id!r}") from exc
+        except Exception as exc:
+            raise CommitNotAnswered(translate(exc, None, doing="commit").args[0]) from exc
+

@@ -1,0 +1,159 @@
+"""Every name lakesink puts on the store, built and parsed here and nowhere else.
+
+    <table root>/
+      _delta_log/<version, 20 digits>.json                  log entries (PROTOCOL.md, "Delta Log Entries")
+      _delta_log/<version>.checkpoint[.<part>.<parts>].parquet, _delta_log/_last_checkpoint
+      _delta_log/_commit_<uuid>.json.tmp                    a log entry being created on local disk
+      <col>=<value>/.../part-<position>-<seq>-<app slug>-<digest or nonce>.snappy.parquet   data files
+      _lakesink/ledger/<app slug>/<position, 20 digits>.json                               source ledgers
+      <any of the above>.<pid>.tmp                          a local file being written (renamed when whole)
+
+Names starting with `_` or `.` are hidden: Delta and Spark readers skip them, and so do file sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+LOG_DIR = "_delta_log"
+LAST_CHECKPOINT = f"{LOG_DIR}/_last_checkpoint"
+LEDGER_DIR = "_lakesink/ledger"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+"""The directory value of a null partition value."""
+
+PartitionValues = tuple[tuple[str, str | None], ...]
+"""(column, value as Delta serializes it in `partitionValues`) for each partition column, in order."""
+
+_LOG_ENTRY = re.compile(r"^(\d{20})\.json$")
+_LEDGER = re.compile(r"^([^/]+)/(\d{20})\.json$")
+_TEMP = re.compile(r"\.\d+\.tmp$")
+_DATA_FILE = "part-{position:020d}-{part:05d}-{slug}-{tag}.snappy.parquet"
+
+
+# -- the Delta log ---------------------------------------------------------------------------------
+
+
+def log_entry_name(version: int) -> str:
+    """`00000000000000000007.json`: the name of log entry `version` inside `_delta_log`."""
+    return f"{version:020d}.json"
+
+
+def log_entry_path(version: int) -> str:
+    """`_delta_log/00000000000000000007.json`, relative to the table root."""
+    return f"{LOG_DIR}/{log_entry_name(version)}"
+
+
+def log_entry_version(path: str) -> int | None:
+    """The version of a path whose last part names a JSON log entry, else None."""
+    match = _LOG_ENTRY.match(path.rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else None
+
+
+def checkpoint_paths(version: int, parts: int | None) -> list[str]:
+    """The files of the checkpoint at `version`: one, or `parts` of a multi-part checkpoint."""
+    if not parts:
+        return [f"{LOG_DIR}/{version:020d}.checkpoint.parquet"]
+    return [f"{LOG_DIR}/{version:020d}.checkpoint.{i:010d}.{parts:010d}.parquet" for i in range(1, parts + 1)]
+
+
+def log_entry_temp_name() -> str:
+    """A fresh name, inside `_delta_log`, for a log entry being written before it is linked into place.
+
+    Delta readers parse the names in `_delta_log` and pass this one by (delta-rs names its own
+    temporary commits the same way), should a crash leave it behind.
+    """
+    return f"_commit_{uuid.uuid4().hex}.json.tmp"
+
+
+# -- data files ------------------------------------------------------------------------------------
+
+
+def app_slug(app_id: str) -> str:
+    """The app id as it appears in names: readable, path-safe, and unique by its hash."""
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", app_id)[:40]
+    return f"{readable}-{hashlib.sha256(app_id.encode()).hexdigest()[:8]}"
+
+
+def data_file_path(values: PartitionValues, *, position: int, part: int, app_id: str, tag: str) -> str:
+    """A data file's path relative to the table root.
+
+    `position` is the batch's position (a staged batch) or the position its commit group continues
+    from (a streamed file); `part` numbers the files of one batch or group; `tag` is a digest of
+    the file's bytes (so re-staging writes the same name) or a random nonce (never reused).
+    """
+    name = _DATA_FILE.format(position=max(position, 0), part=part, slug=app_slug(app_id), tag=tag)
+    directory = partition_directory(values)
+    return f"{directory}/{name}" if directory else name
+
+
+def data_file_positions(paths: Sequence[str], app_id: str) -> list[int]:
+    """The positions in the names of the data files of `app_id` among `paths` (decoded store paths)."""
+    pattern = re.compile(rf"(?:^|/)part-(\d{{20}})-\d{{5}}-{re.escape(app_slug(app_id))}-[0-9a-f]+\.snappy\.parquet$")
+    return [int(m.group(1)) for m in (pattern.search(p) for p in paths) if m]
+
+
+def partition_directory(values: PartitionValues) -> str:
+    """The Hive-style directory of a partition ("" for an unpartitioned table).
+
+    Every character outside [A-Za-z0-9_.~-] is percent-encoded, as delta-rs does: '/', '..', NUL
+    and unicode in a value can never escape the partition directory.
+    """
+    return "/".join(f"{quote(k, safe='')}={HIVE_NULL if v is None else quote(v, safe='')}" for k, v in values)
+
+
+def is_data_file(path: str) -> bool:
+    """A Parquet file outside hidden directories (or a local one being written)."""
+    if is_hidden(path):
+        return False
+    return strip_temp(path.rsplit("/", 1)[-1]).endswith(".parquet")
+
+
+# -- ledgers ---------------------------------------------------------------------------------------
+
+
+def ledger_path(app_id: str, position: int) -> str:
+    """The source ledger staged before committing `position` for `app_id`."""
+    return f"{LEDGER_DIR}/{app_slug(app_id)}/{position:020d}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerName:
+    """What a path under LEDGER_DIR names."""
+
+    slug: str
+    position: int
+    temp: bool  # an interrupted write of that ledger
+
+
+def parse_ledger_path(path: str) -> LedgerName | None:
+    """The ledger a path relative to the table root names; None for anything else."""
+    if not path.startswith(LEDGER_DIR + "/"):
+        return None
+    rest = path[len(LEDGER_DIR) + 1 :]
+    match = _LEDGER.match(strip_temp(rest))
+    if match is None:
+        return None
+    return LedgerName(slug=match.group(1), position=int(match.group(2)), temp=_TEMP.search(rest) is not None)
+
+
+# -- local temporary files, hidden names ------------------------------------------------------------
+
+
+def temp_path(path: str, pid: int) -> str:
+    """Where process `pid` writes `path` on local disk before renaming it into place."""
+    return f"{path}.{pid}.tmp"
+
+
+def strip_temp(name: str) -> str:
+    """`name` without a `temp_path` suffix."""
+    return _TEMP.sub("", name)
+
+
+def is_hidden(path: str) -> bool:
+    """A path with a part starting with `.` or `_`, which Delta and Spark readers skip."""
+    return any(part.startswith((".", "_")) for part in path.split("/"))

@@ -1,0 +1,60 @@
+"""lakesink.config: one parser per unit, and config values that refuse what they cannot mean."""
+
+from __future__ import annotations
+
+import pytest
+
+from lakesink.config import CommitInterval, WriteConfig, parse_duration, parse_size, positive_int
+from lakesink.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("128MB", 128 << 20), ("1GB", 1 << 30), ("64 KiB", 64 << 10), ("65536", 65536), ("1.5kb", 1536)]
+)
+def test_sizes_read_in_powers_of_1024(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MB", "-1MB", "12 apples", "1TB"])
+def test_a_size_that_cannot_be_read_names_what_it_is_for(text: str) -> None:
+    with pytest.raises(ConfigError, match="--in-flight"):
+        parse_size(text, what="--in-flight")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30.0), ("500ms", 0.5), ("2m", 120.0), ("1h30m", 5400.0), ("7d", 604800.0), ("1w", 604800.0), ("45", 45.0)],
+)
+def test_durations_read_every_unit_lakesink_accepts(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_zero_is_a_duration_only_where_allowed() -> None:
+    assert parse_duration("0s", allow_zero=True) == 0
+    with pytest.raises(ConfigError, match="TIMEOUT='0s' must be a positive duration"):
+        parse_duration("0s", what="TIMEOUT")
+    with pytest.raises(ConfigError, match="must be a duration"):
+        parse_duration("soon", allow_zero=True)
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.5, True, "4", None])
+def test_positive_int_refuses_anything_but_a_positive_int(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"write_threads must be a positive int \(threads\)"):
+        positive_int(value, what="write_threads", unit="threads")
+
+
+def test_a_commit_interval_sets_each_kind_of_limit_once() -> None:
+    assert CommitInterval.parse("1GB,60s") == CommitInterval(rows=None, bytes=1 << 30, seconds=60.0)
+    with pytest.raises(ConfigError, match="sets bytes twice"):
+        CommitInterval.parse("1GB,512MB")
+    with pytest.raises(ConfigError, match="cannot read '100'"):
+        CommitInterval.parse("100")  # a limit names its unit
+
+
+def test_write_config_checks_its_values_and_bounds_row_groups_by_the_budget() -> None:
+    assert WriteConfig(in_flight_bytes=64 << 20).row_group_bytes == 16 << 20
+    assert WriteConfig().row_group_bytes == 64 << 20
+    with pytest.raises(ConfigError, match="in_flight_bytes"):
+        WriteConfig(in_flight_bytes=0)
+    with pytest.raises(ConfigError, match="interval must be a CommitInterval"):
+        WriteConfig(interval="1GB")  # type: ignore[arg-type]
