@@ -2,7 +2,7 @@
 rerun to completion; every record id counted with delta-rs and DuckDB.
 
 Tables are local and on a real moto S3 server (the `table_uri` fixture). Kills at random moments
-are in tests/test_torture.py.
+are in tests/scenarios/test_torture.py.
 """
 
 from __future__ import annotations
