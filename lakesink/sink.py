@@ -49,8 +49,9 @@ class Sink:
     table's snapshot and adds its own commits to it, so a commit costs the same at any length of
     history (one create-only PUT of the next log entry; lakesink.commit).
 
-    `store` (data files), `log_store` (log entries), `clock` and `sleep` are the I/O seams: by
-    default the stores follow the table URI; tests pass wrappers that fail on cue.
+    `store` (data files: a `lakesink.storage.objects.ObjectStore`), `log_store` (log entries: a
+    `lakesink.commit.LogStore`), `clock` and `sleep` are the I/O seams: by default the stores follow
+    the table URI; tests pass wrappers that fail on cue.
     """
 
     def __init__(
@@ -204,8 +205,8 @@ class Sink:
     def commit_files(
         self, files: Sequence[StagedFile], *, position: int, previous: int | AnyPrevious | None, schema: pa.Schema
     ) -> WriteResult:
-        """Commit Parquet files already on the store (written for the table's partitioning and
-        fitted to `schema`) for `position`, exactly once: the second half of `write`, for writers
+        """Commit Parquet files already on the store (`lakesink.delta.log_entry.StagedFile`s, written for
+        the table's partitioning and fitted to `schema`) for `position`, exactly once: the second half of `write`, for writers
         that stage their own files (lakesink.ingest). Creates the table, or adds the new columns
         of `schema`, first.
 

@@ -1,4 +1,4 @@
-"""Where a run resumes, and the one case where a missing position must not mean "start from the beginning"."""
+"""The one case where a missing position must not mean "start from the beginning": an expired `txn`."""
 
 from __future__ import annotations
 
