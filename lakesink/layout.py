@@ -98,12 +98,31 @@ def data_file_positions(paths: Sequence[str], app_id: str) -> list[int]:
 
 
 def partition_directory(values: PartitionValues) -> str:
-    """The Hive-style directory of a partition ("" for an unpartitioned table).
+    """The Hive-style directory of a partition ("" for an unpartitioned table), as delta-rs names it.
 
-    Every character outside [A-Za-z0-9_.~-] is percent-encoded, as delta-rs does: '/', '..', NUL
-    and unicode in a value can never escape the partition directory.
+    Values: every character outside [A-Za-z0-9_.~-] is percent-encoded, so '/', '..', NUL and
+    unicode in a value can never escape the directory. Column names stay as they are (`my col=a`,
+    `Ü=b`: what delta-rs writes and Polars reads), but for the characters that would break a path
+    or the `name=value` split: '/', '\\', '=', '%' and control characters.
     """
-    return "/".join(f"{quote(k, safe='')}={HIVE_NULL if v is None else quote(v, safe='')}" for k, v in values)
+    return "/".join(f"{_partition_key(k)}={HIVE_NULL if v is None else quote(v, safe='')}" for k, v in values)
+
+
+def _partition_key(name: str) -> str:
+    return "".join(_percent(c) if c in _KEY_UNSAFE or ord(c) < 32 else c for c in name)
+
+
+def _percent(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode())
+
+
+_KEY_UNSAFE = frozenset("/\\=%\x7f")
+
+
+def log_path(path: str) -> str:
+    """A store path (relative to the table root) as a Delta log action names it: a relative URI,
+    percent-encoded as delta-rs encodes it (so `p=a%20b` is logged as `p=a%2520b`)."""
+    return quote(path, safe="/=!$&'(),:;@+")
 
 
 def is_data_file(path: str) -> bool:

@@ -33,6 +33,7 @@ from lakesink.write.convert import to_arrow
 from lakesink.write.partitions import check_partition_columns
 from lakesink.write.schema import fit
 from lakesink.write.stage import stage_batch
+from lakesink.write.stats import StatsColumns
 
 _MAX_POSITION = 2**63 - 1
 log = logging.getLogger(__name__)
@@ -162,7 +163,16 @@ class Sink:
         if fitted.new_fields:
             add_columns(handle, fitted.new_fields)
         partition_by = handle.partition_columns()
-        staged = stage_batch(self.store, fitted.table, app_id=self.app_id, position=position, partition_by=partition_by)
+        stats = StatsColumns.of_table(handle.configuration())
+        existing: list[tuple[str, bytes]] = []
+        staged = stage_batch(
+            self.store, fitted.table, app_id=self.app_id, position=position, partition_by=partition_by, stats=stats,
+            existing=existing,
+        )  # fmt: skip
+        if existing:
+            done = self._restage(handle, existing, position=position, previous=previous)
+            if done is not None:
+                return done
         log.debug(
             "staged position %d of %r: %d files, %d rows, %d bytes",
             position, self.app_id, len(staged), fitted.table.num_rows, sum(f.size for f in staged),
@@ -172,6 +182,22 @@ class Sink:
             handle, staged, app_id=self.app_id, position=position, schema=fitted.table.schema, partition_by=partition_by,
             previous=previous,
         )  # fmt: skip
+
+    def _restage(
+        self, handle: TableHandle, existing: list[tuple[str, bytes]], *, position: int, previous: int | AnyPrevious | None
+    ) -> WriteResult | None:
+        """Files of this batch are on the store already (named by their content). Either another
+        writer committed this position since our snapshot (they may be named by its commit: never
+        overwrite them, skip), or a killed run staged them and they are orphans (rewrite them, so
+        `lakesink gc` sees them young and leaves them until this commit names them)."""
+        handle.refresh()
+        done = settled(handle, self.app_id, position, handle.committed_position(self.app_id), previous)
+        if done is not None:
+            return done
+        log.info("position %d of %r: rewriting %d file(s) a killed run left on the store", position, self.app_id, len(existing))
+        for path, body in existing:
+            self.store.write_bytes(path, body)
+        return None
 
     def ensure_table(self, schema: pa.Schema, *, must_match: bool = False) -> TableHandle:
         """The table, created with `schema` (and the partitioning asked for) if it does not exist yet.

@@ -31,9 +31,9 @@ def translate(exc: BaseException, options: StorageOptions | None, *, doing: str)
     lowered = text.lower()
     detail = describe_store_error(text) or _first_lines(text)
     if isinstance(exc, DeltaProtocolError):
-        return TableError(f"cannot {doing}: {text}. The table needs a newer writer than lakesink's delta-rs.")
+        return TableError(f"cannot {doing}: {_first_lines(text)}. The table needs a newer writer than lakesink's delta-rs.")
     if isinstance(exc, (ValueError, TypeError)):
-        return ConfigError(f"cannot {doing}: {text}")
+        return ConfigError(f"cannot {doing}: {_first_lines(text)}")
     if "nosuchbucket" in lowered:
         return ConfigError(f"cannot {doing}: the bucket does not exist. Create it, or fix the table URI.")
     if any(code in lowered for code in _CREDENTIAL_ERRORS):
@@ -47,7 +47,7 @@ def translate(exc: BaseException, options: StorageOptions | None, *, doing: str)
         )
     if isinstance(exc, (OSError, DeltaError)) or "generic" in lowered:
         return StorageUnavailable(f"cannot {doing}: {detail}. The store is unreachable or failing: check the endpoint, rerun.")
-    return TableError(f"cannot {doing}: {text}")
+    return TableError(f"cannot {doing}: {_first_lines(text)}")
 
 
 _CREDENTIAL_ERRORS = ("invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden", "invalidtoken")

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from lakesink.errors import TableError
-from lakesink.layout import PartitionValues
+from lakesink.layout import PartitionValues, log_path
 
 WRITE_ID_KEY = "lakesink.writeId"
 
@@ -53,9 +52,7 @@ def encode_append(
     lines = [json.dumps({"commitInfo": info}, separators=(",", ":"))]
     for f in staged:
         add = {
-            # A URI relative to the table root: the object's name percent-encoded once more
-            # (a partition directory `p=a%20b` is logged as `p=a%2520b`, as delta-rs logs it).
-            "path": quote(f.path, safe="/="),
+            "path": log_path(f.path),
             "partitionValues": dict(f.partition_values),
             "size": f.size,
             "modificationTime": now_ms,

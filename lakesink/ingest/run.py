@@ -26,6 +26,7 @@ from lakesink.storage.options import StorageOptions
 from lakesink.storage.uri import normalize_table_uri
 from lakesink.write.file_writer import GroupFiles
 from lakesink.write.schema import fit
+from lakesink.write.stats import DEFAULT_STATS_COLUMNS, StatsColumns
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ class _Run:
         handle = self.sink.handle
         schema = handle.arrow_schema() if handle is not None else None
         partition_by = handle.partition_columns() if handle is not None else list(self.sink.partition_by)
+        # A table this run creates sets no statistics properties: the defaults hold for it.
+        stats = StatsColumns.of_table(handle.configuration()) if handle is not None else DEFAULT_STATS_COLUMNS
         first = previous if previous is not None else -1
 
         def new_group(group_start: int) -> GroupFiles:
@@ -212,6 +215,7 @@ class _Run:
                 partition_by=partition_by,
                 target_bytes=self.config.target_file_bytes,
                 row_group_bytes=self.config.row_group_bytes,
+                stats=stats,
             )
 
         pipeline: Pipeline[Group] = Pipeline(

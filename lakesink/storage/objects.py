@@ -40,6 +40,10 @@ class ObjectStore(Protocol):
 
     def write_bytes(self, path: str, data: bytes) -> None: ...
 
+    def create_bytes(self, path: str, data: bytes) -> bool:
+        """Write `data` as `path` unless a whole object is there already: True if this call wrote it."""
+        ...
+
     def read_bytes(self, path: str) -> bytes: ...
 
     def open_input(self, path: str) -> pa.NativeFile: ...
@@ -77,6 +81,21 @@ class ArrowObjectStore:
                 out.write(data)
         except OSError as exc:
             raise storage_error("write", full, exc) from exc
+
+    def create_bytes(self, path: str, data: bytes) -> bool:
+        """`data` as `path`, never over an existing whole object: True if this call wrote it.
+
+        For files named by their content (lakesink.write.stage): one that is there holds these
+        bytes already, and may be named by a committed log entry, which the protocol forbids to
+        overwrite. A look first (stat or HEAD), then the usual whole-object write: two writers
+        staging the same name at once write the same bytes, each replacing the object whole. An
+        object of another size is a torn upload (S3) that no commit can name, and is replaced.
+        """
+        there = self.info(path)
+        if there is not None and there.size == len(data):
+            return False
+        self.write_bytes(path, data)
+        return True
 
     @contextlib.contextmanager
     def open_output(self, path: str) -> Iterator[pa.NativeFile]:
@@ -201,6 +220,8 @@ def storage_error(op: str, path: str, exc: OSError) -> LakesinkError:
         return ConfigError(f"could not {op} {path}: the store refused the credentials ({text}). Check AWS_* settings.")
     if "NO_SUCH_BUCKET" in text:
         return ConfigError(f"could not {op} {path}: the bucket does not exist. Create it, or fix the URI.")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ConfigError(f"could not {op} {path}: a name in it is too long for the filesystem; it never will be. Shorten it.")
     if exc.errno == errno.ENOSPC:
         # Transient by lakesink's rule: nothing was committed and the same command, rerun once
         # there is space, continues exactly once; no input or setting has to change.

@@ -58,6 +58,8 @@ def plain_type(t: pa.DataType) -> pa.DataType:
         return pa.list_(t.value_field.with_type(plain_type(t.value_type)))
     if pa.types.is_struct(t):
         return pa.struct([t.field(i).with_type(plain_type(t.field(i).type)) for i in range(t.num_fields)])
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(plain_type(t.key_type)), t.item_field.with_type(plain_type(t.item_type)))
     if pa.types.is_dictionary(t):
         return plain_type(t.value_type)
     return t

@@ -26,7 +26,8 @@ from lakesink.delta.log_entry import StagedFile
 from lakesink.layout import PartitionValues, data_file_path
 from lakesink.storage.objects import ObjectStore
 from lakesink.write.partitions import split_by_partition
-from lakesink.write.stats import stats_from_parquet
+from lakesink.write.stage import not_writable, parquet_writer
+from lakesink.write.stats import DEFAULT_STATS_COLUMNS, FloatColumns, StatsColumns, stats_from_parquet
 
 
 @dataclass
@@ -38,6 +39,7 @@ class _OpenFile:
     stream: pa.NativeFile
     writer: pq.ParquetWriter
     rows: int = 0
+    floats: FloatColumns = field(default_factory=FloatColumns)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class GroupFiles:
     partition_by: Sequence[str]
     target_bytes: int = DEFAULT_TARGET_FILE_BYTES
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
+    stats: StatsColumns = DEFAULT_STATS_COLUMNS
     sequence: itertools.count[int] = field(default_factory=itertools.count)
     _open: dict[PartitionValues, _OpenFile] = field(default_factory=dict)
     _done: list[StagedFile] = field(default_factory=list)
@@ -83,6 +86,10 @@ class GroupFiles:
                 except OSError as exc:
                     self._fail(values, exc)
                     raise
+                except pa.ArrowInvalid as exc:
+                    self._fail(values, not_writable(exc))  # raises it
+                    raise
+                current.floats.add(piece)
                 current.rows += piece.num_rows
                 if current.stream.tell() >= self.target_bytes:
                     self._finish(values)
@@ -111,7 +118,7 @@ class GroupFiles:
         context = self.store.open_output(path)
         stream = context.__enter__()
         try:
-            writer = pq.ParquetWriter(stream, schema, compression="snappy", write_statistics=True)  # writes the magic
+            writer = parquet_writer(stream, schema)  # writes the magic
         except BaseException as exc:
             context.__exit__(type(exc), exc, exc.__traceback__)  # raises the store's error (a full disk: transient)
             raise
@@ -142,7 +149,9 @@ class GroupFiles:
                 path=current.path,
                 size=size,
                 partition_values=values,
-                stats=stats_from_parquet(current.writer.writer.metadata, current.schema),
+                stats=stats_from_parquet(
+                    current.writer.writer.metadata, current.schema, floats=current.floats, columns=self.stats
+                ),
                 num_records=current.rows,
             )
         )

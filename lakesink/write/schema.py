@@ -33,8 +33,16 @@ class Fitted:
 
 
 def delta_type(t: pa.DataType) -> pa.DataType:
-    """The Arrow type Delta stores for `t`: plain strings, signed ints, microsecond timestamps."""
+    """The Arrow type Delta stores for `t` (README, "Types"): plain strings and lists, signed ints,
+    microsecond timestamps, decimal128, nullable nested fields.
+
+    Raises:
+        SchemaMismatch: Delta has no type for `t` (time, duration, interval, union, a decimal of
+            more than 38 digits); the caller names the column.
+    """
     t = plain_type(t)
+    if isinstance(t, pa.ExtensionType):
+        return delta_type(t.storage_type)
     if t in _UNSIGNED_TO_SIGNED:
         return _UNSIGNED_TO_SIGNED[t]
     if pa.types.is_null(t):
@@ -42,24 +50,47 @@ def delta_type(t: pa.DataType) -> pa.DataType:
         return pa.string()
     if pa.types.is_timestamp(t):
         return pa.timestamp("us", tz="UTC" if t.tz else None)
-    if pa.types.is_time(t) or pa.types.is_duration(t) or pa.types.is_interval(t):
+    if pa.types.is_time(t) or pa.types.is_duration(t) or pa.types.is_interval(t) or pa.types.is_union(t):
         raise SchemaMismatch(f"Delta has no type for {t}: cast the column to a string or integer first")
     if pa.types.is_float16(t):
         return pa.float32()
     if pa.types.is_date64(t):
         return pa.date32()
-    if pa.types.is_list(t):
-        return pa.list_(t.value_field.with_type(delta_type(t.value_type)))
+    if pa.types.is_fixed_size_binary(t):
+        return pa.binary()
+    if pa.types.is_decimal(t):
+        if t.precision > _MAX_DECIMAL_DIGITS:
+            raise SchemaMismatch(
+                f"Delta decimals have at most {_MAX_DECIMAL_DIGITS} digits, not {t.precision} ({t}): cast the column to "
+                "a decimal of 38 digits or fewer, a double, or a string first"
+            )
+        return pa.decimal128(t.precision, t.scale)
+    if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+        return pa.list_(pa.field("element", delta_type(t.value_type)))
     if pa.types.is_struct(t):
-        return pa.struct([t.field(i).with_type(delta_type(t.field(i).type)) for i in range(t.num_fields)])
+        return pa.struct([pa.field(t.field(i).name, delta_type(t.field(i).type)) for i in range(t.num_fields)])
     if pa.types.is_map(t):
-        return pa.map_(delta_type(t.key_type), delta_type(t.item_type))
+        return pa.map_(delta_type(t.key_type), pa.field("value", delta_type(t.item_type)))
     return t
 
 
+_MAX_DECIMAL_DIGITS = 38
+
+
 def delta_schema(schema: pa.Schema) -> pa.Schema:
-    """The schema a new table gets for data of `schema`."""
-    return pa.schema([pa.field(f.name, delta_type(f.type), nullable=True) for f in schema])
+    """The schema a new table gets for data of `schema`: every field nullable, nested ones too.
+
+    Raises:
+        SchemaMismatch: a column of a type Delta cannot store, naming it.
+    """
+    return pa.schema([pa.field(f.name, _delta_type_of(f), nullable=True) for f in schema])
+
+
+def _delta_type_of(field: pa.Field) -> pa.DataType:
+    try:
+        return delta_type(field.type)
+    except SchemaMismatch as exc:
+        raise SchemaMismatch(f"column {field.name!r}: {exc}") from None
 
 
 def fit(data: pa.Table, table_schema: pa.Schema | None, *, evolve: bool) -> Fitted:
@@ -72,7 +103,7 @@ def fit(data: pa.Table, table_schema: pa.Schema | None, *, evolve: bool) -> Fitt
     _reject_duplicate_names(data.schema)
     if table_schema is None:
         target = delta_schema(data.schema)
-        return Fitted(table=_cast_columns(data, target), new_fields=())
+        return Fitted(table=_in_range(_cast_columns(data, target)), new_fields=())
     table_fields = {f.name: f for f in table_schema}
     extra = [f for f in data.schema if f.name not in table_fields]
     if extra and not evolve:
@@ -82,7 +113,7 @@ def fit(data: pa.Table, table_schema: pa.Schema | None, *, evolve: bool) -> Fitt
             "pass evolve_schema=True, or drop them from the input",
             options=("evolve_schema",),
         )
-    new_fields = tuple(pa.field(f.name, delta_type(f.type), nullable=True) for f in extra)
+    new_fields = tuple(pa.field(f.name, _delta_type_of(f), nullable=True) for f in extra)
     target = pa.schema(list(table_schema) + list(new_fields))
     columns = []
     for field in target:
@@ -92,7 +123,45 @@ def fit(data: pa.Table, table_schema: pa.Schema | None, *, evolve: bool) -> Fitt
             columns.append(pa.nulls(data.num_rows, type=field.type))
         else:
             raise SchemaMismatch(f"column {field.name!r} is required by the table (not nullable) but missing from the input")
-    return Fitted(table=pa.Table.from_arrays(columns, schema=target), new_fields=new_fields)
+    return Fitted(table=_in_range(pa.Table.from_arrays(columns, schema=target)), new_fields=new_fields)
+
+
+# Delta's dates and timestamps run from year 1 to year 9999 (as Spark's do): in days and in
+# microseconds since 1970-01-01.
+_DAYS = (-719_162, 2_932_896)
+_MICROS = (-62_135_596_800_000_000, 253_402_300_799_999_999)
+
+
+def _in_range(table: pa.Table) -> pa.Table:
+    """`table`, once every date and timestamp (top level and in structs) is within years 1..9999.
+
+    Raises:
+        SchemaMismatch: naming the column and its first value out of range.
+    """
+    for name, column in _temporal_columns(table.schema, table.columns, ""):
+        low, high = (_DAYS if pa.types.is_date32(column.type) else _MICROS)
+        as_int = column.cast(pa.int32() if pa.types.is_date32(column.type) else pa.int64())
+        bounds = pc.min_max(as_int)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if lo is not None and (lo < low or hi > high):
+            raise SchemaMismatch(
+                f"column {name!r} holds a {'date' if pa.types.is_date32(column.type) else 'timestamp'} outside the "
+                "years 1 to 9999, which Delta readers cannot read: fix or drop those values (or store them as strings)"
+            )
+    return table
+
+
+def _temporal_columns(
+    schema: pa.Schema | pa.StructType, columns: list[pa.ChunkedArray], prefix: str
+) -> list[tuple[str, pa.ChunkedArray]]:
+    found = []
+    for field, column in zip(schema, columns, strict=True):
+        name = f"{prefix}{field.name}"
+        if pa.types.is_date32(field.type) or pa.types.is_timestamp(field.type):
+            found.append((name, column))
+        elif pa.types.is_struct(field.type):
+            found += _temporal_columns(field.type, column.flatten(), f"{name}.")  # children, parent nulls kept
+    return found
 
 
 def _reject_duplicate_names(schema: pa.Schema) -> None:
@@ -144,6 +213,24 @@ def _may_widen(source: pa.DataType, target: pa.DataType) -> bool:
         return True
     if pa.types.is_decimal(plain) and pa.types.is_decimal(target):
         return plain.scale == target.scale and plain.precision <= target.precision
-    if (pa.types.is_list(plain) and pa.types.is_list(target)) or (pa.types.is_struct(plain) and pa.types.is_struct(target)):
-        return delta_type(plain) == target
+    if pa.types.is_nested(plain) or pa.types.is_fixed_size_binary(plain) or pa.types.is_decimal(plain):
+        # Same shape, plainer types (fixed-size to variable lists and binaries, large to plain
+        # strings, decimal256 to decimal128): every value is kept, or the safe cast refuses it.
+        try:
+            return delta_type(plain) == target or _same_but_nullability(delta_type(plain), target)
+        except SchemaMismatch:
+            return False
     return False
+
+
+def _same_but_nullability(a: pa.DataType, b: pa.DataType) -> bool:
+    """Equal types but for the nullability of nested fields (a table another writer made may require values)."""
+    if pa.types.is_struct(a) and pa.types.is_struct(b):
+        return [f.name for f in a] == [f.name for f in b] and all(
+            _same_but_nullability(x.type, y.type) for x, y in zip(a, b, strict=True)
+        )
+    if (pa.types.is_list(a) and pa.types.is_list(b)) or (pa.types.is_large_list(a) and pa.types.is_large_list(b)):
+        return _same_but_nullability(a.value_type, b.value_type)
+    if pa.types.is_map(a) and pa.types.is_map(b):
+        return _same_but_nullability(a.key_type, b.key_type) and _same_but_nullability(a.item_type, b.item_type)
+    return bool(a == b)

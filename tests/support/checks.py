@@ -78,8 +78,10 @@ def read_ids_duckdb(uri: str, storage_options: Mapping[str, str] | None = None, 
     return [int(r[0]) for r in query_duckdb(uri, column, storage_options)]
 
 
-def query_duckdb(uri: str, columns: str, storage_options: Mapping[str, str] | None = None) -> list[tuple[Any, ...]]:
-    """`SELECT columns FROM delta_scan(uri)` through DuckDB's delta extension (httpfs for S3)."""
+def query_duckdb(
+    uri: str, columns: str, storage_options: Mapping[str, str] | None = None, *, where: str = ""
+) -> list[tuple[Any, ...]]:
+    """`SELECT columns FROM delta_scan(uri) [WHERE where]` through DuckDB's delta extension (httpfs for S3)."""
     import duckdb
     import duckdb_extensions
 
@@ -89,7 +91,8 @@ def query_duckdb(uri: str, columns: str, storage_options: Mapping[str, str] | No
         if uri.startswith("s3://"):
             duckdb_extensions.import_extension("httpfs", con=con)
             con.execute(_duckdb_s3_secret(storage_options or {}))
-        return con.execute(f"SELECT {columns} FROM delta_scan(?)", [uri]).fetchall()  # type: ignore[no-any-return]
+        condition = f" WHERE {where}" if where else ""
+        return con.execute(f"SELECT {columns} FROM delta_scan(?){condition}", [uri]).fetchall()  # type: ignore[no-any-return]
     finally:
         con.close()
 

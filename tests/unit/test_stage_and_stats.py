@@ -2,41 +2,44 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lakesink.storage.objects import open_store
 from lakesink.storage.options import StorageOptions
 from lakesink.write.partitions import partition_value, split_by_partition
-from lakesink.write.stage import stage_batch
-from lakesink.write.stats import stats_from_parquet
+from lakesink.write.stage import parquet_writer, stage_batch
+from lakesink.write.stats import FloatColumns, stats_from_parquet
 
 
-def footer(table: pa.Table, **kwargs: object) -> pq.FileMetaData:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, **kwargs)  # type: ignore[arg-type]
-    return pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata
+def stats(table: pa.Table, *, row_group_size: int | None = None) -> dict[str, object]:
+    """The Delta statistics lakesink logs for `table` written as one file."""
+    sink = pa.BufferOutputStream()
+    writer = parquet_writer(sink, table.schema)
+    writer.write_table(table, row_group_size=row_group_size)
+    writer.close()
+    floats = FloatColumns()
+    floats.add(table)
+    return json.loads(stats_from_parquet(writer.writer.metadata, table.schema, floats=floats))  # type: ignore[no-any-return]
 
 
 def test_stats_bound_every_value_and_count_nulls_across_row_groups() -> None:
     table = pa.table({"i": [3, None, 1, 7], "s": ["b", "a", None, "c"], "f": [1.5, math.inf, 0.5, 2.0]})
-    stats = json.loads(stats_from_parquet(footer(table, row_group_size=2), table.schema))
-    assert stats["numRecords"] == 4
-    assert (stats["minValues"]["i"], stats["maxValues"]["i"]) == (1, 7)
-    assert (stats["minValues"]["s"], stats["maxValues"]["s"]) == ("a", "c")
-    assert "f" not in stats["maxValues"]  # an infinite bound is left out rather than written as JSON it is not
-    assert stats["nullCount"] == {"i": 1, "s": 1, "f": 0}
+    found = stats(table, row_group_size=2)
+    assert found["numRecords"] == 4
+    assert (found["minValues"]["i"], found["maxValues"]["i"]) == (1, 7)
+    assert (found["minValues"]["s"], found["maxValues"]["s"]) == ("a", "c")
+    assert "f" not in found["maxValues"]  # an infinite bound is left out rather than written as JSON it is not
+    assert found["nullCount"] == {"i": 1, "s": 1, "f": 0}
 
 
 def test_long_strings_and_timestamps_get_no_bounds_that_could_mislead_skipping() -> None:
     table = pa.table({"s": ["x" * 40, "y"], "t": pa.array([0, 1], pa.timestamp("us"))})
-    stats = json.loads(stats_from_parquet(footer(table), table.schema))
-    assert stats["minValues"] == {} and stats["maxValues"] == {}
+    found = stats(table)
+    assert found["minValues"] == {} and found["maxValues"] == {}
 
 
 def test_a_batch_staged_twice_is_the_same_files_under_the_same_names(tmp_path: Path) -> None:
