@@ -6,9 +6,12 @@ with a ConfigError naming it before anything is read or written.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from lakesink.errors import ConfigError
 
@@ -154,3 +157,160 @@ class WriteConfig:
     def row_group_bytes(self) -> int:
         # Big row groups read well; a quarter of the budget lets several be in flight at once.
         return max(1, min(DEFAULT_ROW_GROUP_BYTES, self.in_flight_bytes // 4))
+
+
+# -- declared schemas ------------------------------------------------------------------------------
+
+_SIMPLE_TYPES: dict[str, pa.DataType] = {
+    "tinyint": pa.int8(), "byte": pa.int8(),
+    "smallint": pa.int16(), "short": pa.int16(),
+    "int": pa.int32(), "integer": pa.int32(),
+    "bigint": pa.int64(), "long": pa.int64(),
+    "float": pa.float32(), "real": pa.float32(),
+    "double": pa.float64(),
+    "string": pa.string(), "varchar": pa.string(), "text": pa.string(),
+    "binary": pa.binary(),
+    "boolean": pa.bool_(), "bool": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "timestamp_ntz": pa.timestamp("us"),
+}  # fmt: skip
+
+
+def parse_schema(text: str) -> pa.Schema:
+    """A declared schema: SQL-style (`id BIGINT, amount DOUBLE, day DATE, tags ARRAY<STRING>,
+    s STRUCT<a: INT, b: STRING>, m MAP<STRING, BIGINT>, price DECIMAL(10,2), ts TIMESTAMP`, names in
+    backticks when they need it; TIMESTAMP is UTC, TIMESTAMP_NTZ has no zone, as in Delta), or the
+    JSON of a Delta/Spark schema (`{"type": "struct", "fields": [...]}`). Every column is nullable
+    unless declared NOT NULL.
+
+    Raises:
+        ConfigError: naming what cannot be read.
+    """
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            return _schema_of_json(json.loads(stripped))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read the schema JSON ({exc}): give a Delta schema, {{\"type\": \"struct\", ...}}") from exc
+    reader = _DdlReader(stripped)
+    fields = reader.fields(end="")
+    if not fields:
+        raise ConfigError("the schema declares no column: give e.g. 'id BIGINT, amount DOUBLE, day DATE'")
+    return pa.schema(fields)
+
+
+class _DdlReader:
+    _TOKEN = re.compile(r"\s*(`(?:[^`]|``)*`|[A-Za-z_][A-Za-z0-9_$.]*|\d+|[<>(),:])")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[str] = []
+        at = 0
+        while at < len(text):
+            if text[at:].strip() == "":
+                break
+            match = self._TOKEN.match(text, at)
+            if match is None:
+                raise ConfigError(f"cannot read the schema at {text[at:at + 20]!r}: use e.g. 'id BIGINT, day DATE'")
+            self.tokens.append(match.group(1))
+            at = match.end()
+        self.at = 0
+
+    def peek(self) -> str:
+        return self.tokens[self.at] if self.at < len(self.tokens) else ""
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
+        if expected is not None and token.lower() != expected:
+            raise ConfigError(f"cannot read the schema {self.text!r}: expected {expected!r}, found {token or 'the end'!r}")
+        self.at += 1
+        return token
+
+    def fields(self, *, end: str, colon: bool = False) -> list[pa.Field]:
+        fields = []
+        while self.peek() != end:
+            name = self.take()
+            if not name or name in "<>(),:":
+                raise ConfigError(f"cannot read the schema {self.text!r}: expected a column name, found {name or 'the end'!r}")
+            name = name[1:-1].replace("``", "`") if name.startswith("`") else name
+            if colon and self.peek() == ":":
+                self.take()
+            kind = self.type()
+            nullable = True
+            if self.peek().lower() == "not":
+                self.take()
+                self.take("null")
+                nullable = False
+            fields.append(pa.field(name, kind, nullable=nullable))
+            if self.peek() == ",":
+                self.take()
+            elif self.peek() != end:
+                raise ConfigError(f"cannot read the schema {self.text!r}: expected ',' after column {name!r}")
+        return fields
+
+    def type(self) -> pa.DataType:
+        word = self.take().lower()
+        if word in _SIMPLE_TYPES:
+            return _SIMPLE_TYPES[word]
+        if word in ("decimal", "numeric"):
+            self.take("(")
+            precision = int(self.take())
+            scale = 0
+            if self.peek() == ",":
+                self.take()
+                scale = int(self.take())
+            self.take(")")
+            return pa.decimal128(precision, scale)
+        if word == "array":
+            self.take("<")
+            element = self.type()
+            self.take(">")
+            return pa.list_(element)
+        if word == "map":
+            self.take("<")
+            key = self.type()
+            self.take(",")
+            value = self.type()
+            self.take(">")
+            return pa.map_(key, value)
+        if word == "struct":
+            self.take("<")
+            fields = self.fields(end=">", colon=True)
+            self.take(">")
+            return pa.struct(fields)
+        known = ", ".join(sorted({k.upper() for k in _SIMPLE_TYPES} | {"DECIMAL(p,s)", "ARRAY<T>", "MAP<K,V>", "STRUCT<...>"}))
+        raise ConfigError(f"unknown type {word!r} in the schema: use one of {known}")
+
+
+_DELTA_PRIMITIVES = {"byte": "byte", "short": "short", "integer": "int", "long": "bigint", "float": "float", "double": "double",
+                     "string": "string", "binary": "binary", "boolean": "boolean", "date": "date", "timestamp": "timestamp",
+                     "timestamp_ntz": "timestamp_ntz"}  # fmt: skip
+
+
+def _schema_of_json(node: dict[str, object]) -> pa.Schema:
+    return pa.schema([_field_of_json(f) for f in node["fields"]])  # type: ignore[attr-defined]
+
+
+def _field_of_json(node: object) -> pa.Field:
+    assert isinstance(node, dict)
+    return pa.field(str(node["name"]), _type_of_json(node["type"]), nullable=bool(node.get("nullable", True)))
+
+
+def _type_of_json(node: object) -> pa.DataType:
+    if isinstance(node, str):
+        decimal_type = re.fullmatch(r"decimal\((\d+),\s*(\d+)\)", node)
+        if decimal_type:
+            return pa.decimal128(int(decimal_type.group(1)), int(decimal_type.group(2)))
+        if node not in _DELTA_PRIMITIVES:
+            raise ConfigError(f"unknown Delta type {node!r} in the schema JSON")
+        return _SIMPLE_TYPES[_DELTA_PRIMITIVES[node]]
+    assert isinstance(node, dict)
+    kind = node["type"]
+    if kind == "struct":
+        return pa.struct([_field_of_json(f) for f in node["fields"]])
+    if kind == "array":
+        return pa.list_(_type_of_json(node["elementType"]))
+    if kind == "map":
+        return pa.map_(_type_of_json(node["keyType"]), _type_of_json(node["valueType"]))
+    raise ConfigError(f"unknown Delta type {kind!r} in the schema JSON")

@@ -6,13 +6,15 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import click
+import pyarrow as pa
 
 from lakesink import CommitInterval, ConfigError, IngestProgress, IngestReport, LakesinkError, WriteConfig, ingest
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options
 from lakesink.cli.progress import ProgressLines, progress_bar
-from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_WRITE_THREADS, parse_size
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_WRITE_THREADS, parse_schema, parse_size
 from lakesink.sources.records import Format
 
 
@@ -50,6 +52,14 @@ from lakesink.sources.records import Format
     "--write-threads", type=click.IntRange(min=1), default=DEFAULT_WRITE_THREADS, show_default=True,
     help="Threads encoding and uploading Parquet while the source is read; each writes its own files.",
 )
+@click.option(
+    "--schema",
+    "schema_text",
+    metavar="COLUMNS|@FILE",
+    help="Declare the new table's columns, e.g. 'id BIGINT, amount DOUBLE, day DATE, ts TIMESTAMP' (TIMESTAMP is UTC, "
+    "TIMESTAMP_NTZ has no zone; also DECIMAL(p,s), ARRAY<T>, STRUCT<a: T>, MAP<K,V>, NOT NULL), or @FILE holding that "
+    "or a Delta schema's JSON. Every format is read into it; without it, types are inferred from a sample across the files.",
+)
 @click.option("--partition-by", multiple=True, help="Partition column (repeatable); only when creating the table.")
 @click.option("--evolve-schema", is_flag=True, help="Add new input columns to the table as nullable columns instead of failing.")
 @click.option(
@@ -82,6 +92,7 @@ def ingest_command(
     target_file_size: str,
     in_flight: str,
     write_threads: int,
+    schema_text: str | None,
     partition_by: tuple[str, ...],
     evolve_schema: bool,
     bad_records: str | None,
@@ -126,6 +137,7 @@ def ingest_command(
             in_flight_bytes=parse_size(in_flight, what="--in-flight"),
             write_threads=write_threads,
         )
+        schema = _declared(schema_text) if schema_text is not None else None
     except LakesinkError as exc:
         raise click.BadParameter(str(exc)) from exc
     storage_options = parse_storage_options(storage_pairs)
@@ -142,6 +154,7 @@ def ingest_command(
             evolve_schema=evolve_schema,
             bad_records=bad_records,
             max_record_bytes=max_record_bytes,
+            schema=schema,
             storage_options=storage_options,
             on_progress=on_progress,
         )
@@ -158,3 +171,13 @@ def ingest_command(
         click.echo(json.dumps({"ok": True, **report.to_dict()}))
     else:
         click.echo(report.summary())
+
+
+def _declared(text: str) -> pa.Schema:
+    """`--schema`: the columns, or @FILE holding them (or a Delta schema's JSON)."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the schema file {text[1:]!r}: {exc.strerror}") from exc
+    return parse_schema(text)

@@ -29,6 +29,7 @@ _FLAGS: Mapping[str, tuple[str, bool]] = {
     "app_id": ("--app-id", True),
     "older_than": ("--older-than", True),
     "storage_options": ("--storage-option", True),
+    "schema": ("--schema", True),
 }
 
 

@@ -37,6 +37,7 @@ def status_command(table: str, storage_pairs: tuple[str, ...], as_json: bool) ->
     click.echo(f"version    {status.table_version}")
     click.echo(f"files      {status.files}  ({status.bytes} bytes)")
     click.echo(f"rows       {status.rows}")
+    click.echo("columns    " + ", ".join(f"{name} {kind}" for name, kind in status.columns.items()))
     if status.partition_columns:
         click.echo(f"partitions {', '.join(status.partition_columns)}")
     click.echo("positions  " + (", ".join(f"{k}={v}" for k, v in status.positions.items()) or "(none)"))

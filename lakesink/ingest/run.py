@@ -22,10 +22,11 @@ from lakesink.ingest.resume import refuse_if_txn_expired
 from lakesink.layout import ledger_path
 from lakesink.sink import Sink
 from lakesink.sources.files import Chunk, FilePosition, FileSource, Format
+from lakesink.sources.infer import infer_schema
 from lakesink.storage.options import StorageOptions
 from lakesink.storage.uri import normalize_table_uri
 from lakesink.write.file_writer import GroupFiles
-from lakesink.write.schema import fit
+from lakesink.write.schema import check_declared, declared_schema, fit
 from lakesink.write.stats import DEFAULT_STATS_COLUMNS, StatsColumns
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def ingest(
     evolve_schema: bool = False,
     bad_records: str | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    schema: pa.Schema | None = None,
     storage_options: dict[str, str] | None = None,
     on_progress: Callable[[IngestProgress], None] | None = None,
     clock: Callable[[], float] = time.time,
@@ -58,6 +60,11 @@ def ingest(
     batch's good rows are committed. Every record then ends up in one of the two tables.
 
     `max_record_bytes` is the longest NDJSON line or CSV row read; a longer one stops the run.
+
+    `schema` declares the columns of a new table (lakesink.config.parse_schema reads it from text):
+    every format is read into it, and columns it does not declare follow the `evolve_schema` rules.
+    Without it, a new table's types are inferred from a bounded sample across the files
+    (lakesink.sources.infer). For an existing table it must agree with the table's columns.
 
     Commits: each covers the records read since the last one, up to `write.interval` (default:
     1 GiB of rows or 60 s); `commit_interval` sets it too, and `batch_rows` its `rows` limit (a
@@ -96,7 +103,8 @@ def ingest(
             quarantine = stack.enter_context(
                 Quarantine(bad_records, app_id=app_id, storage_options=dict(options.values), clock=clock)
             )
-        run = _Run(files, sink, quarantine, config=config, on_progress=on_progress)
+        declared = declared_schema(schema) if schema is not None else None
+        run = _Run(files, sink, quarantine, config=config, on_progress=on_progress, declared=declared)
         start_position = sink.committed_position()
         total = sum(f.size for f in files.files)
         log.info("ingest %s into %s as %r: %d files, %d bytes", source, sink.uri, app_id, len(files.files), total)
@@ -156,7 +164,9 @@ class _Run:
         *,
         config: WriteConfig,
         on_progress: Callable[[IngestProgress], None] | None,
+        declared: pa.Schema | None = None,
     ) -> None:
+        self.declared = declared
         self.files = files
         self.sink = sink
         self.quarantine = quarantine
@@ -202,6 +212,10 @@ class _Run:
         previous = self.sink.committed_position()
         handle = self.sink.handle
         schema = handle.arrow_schema() if handle is not None else None
+        if schema is not None and self.declared is not None:
+            check_declared(self.declared, schema, table_uri=self.sink.uri)
+        elif schema is None:
+            schema = self.declared or self._infer(start)
         partition_by = handle.partition_columns() if handle is not None else list(self.sink.partition_by)
         # A table this run creates sets no statistics properties: the defaults hold for it.
         stats = StatsColumns.of_table(handle.configuration()) if handle is not None else DEFAULT_STATS_COLUMNS
@@ -259,6 +273,14 @@ class _Run:
                 previous = position
                 self._report(group.end)
         return None
+
+    def _infer(self, start: FilePosition) -> pa.Schema | None:
+        inferred = infer_schema(self.files, start)
+        if inferred is None:
+            return None
+        schema = declared_schema(inferred)
+        log.info("schema inferred from a sample of %s: %s", self.files.uri, ", ".join(f"{f.name} {f.type}" for f in schema))
+        return schema
 
     def _report(self, end: FilePosition) -> None:
         self.files_read = max(self.files_read, end.covered_files())

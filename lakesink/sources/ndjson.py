@@ -276,9 +276,10 @@ def _parse_fast(data: bytearray, schema: pa.Schema | None) -> pa.Table | None:
     options = _parse_options(schema)
     for block_size in (_PARSE_BLOCK_BYTES, len(data) + 1):
         try:
-            return pajson.read_json(
+            table = pajson.read_json(
                 pa.py_buffer(data), read_options=pajson.ReadOptions(block_size=block_size), parse_options=options
             )
+            return _dates_and_times(table, schema)
         except _ARROW_ERRORS:
             if len(data) < _PARSE_BLOCK_BYTES:
                 return None
@@ -288,7 +289,37 @@ def _parse_fast(data: bytearray, schema: pa.Schema | None) -> pa.Table | None:
 def _parse_options(schema: pa.Schema | None) -> pajson.ParseOptions:
     if schema is None:
         return pajson.ParseOptions()
-    return pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+    return pajson.ParseOptions(explicit_schema=_as_read(schema), unexpected_field_behavior="infer")
+
+
+def _as_read(schema: pa.Schema) -> pa.Schema:
+    """The schema pyarrow's JSON parser reads with: dates and timestamps as text (`_dates_and_times`)."""
+    return pa.schema([f.with_type(pa.string()) if _is_temporal(f.type) else f for f in schema])
+
+
+def _is_temporal(t: pa.DataType) -> bool:
+    return pa.types.is_date(t) or pa.types.is_timestamp(t)
+
+
+def _dates_and_times(table: pa.Table, schema: pa.Schema | None) -> pa.Table:
+    """`table` with its date and timestamp columns (read as text) converted to the schema's types.
+
+    pyarrow's JSON parser reads no date, and reads `2026-11-01T12:00:00+02:00` as a timestamp
+    without zone, dropping the offset; Arrow's cast from text takes ISO 8601 dates, and timestamps
+    with `Z` or an offset as UTC instants (and refuses an offset where the column has no zone).
+
+    Raises:
+        pyarrow.ArrowInvalid: a value that is not such a date or time (the slow path finds its record).
+    """
+    if schema is None:
+        return table
+    for field in schema:
+        if _is_temporal(field.type) and table.schema.get_field_index(field.name) >= 0:
+            index = table.schema.get_field_index(field.name)
+            column = table.column(index)
+            if pa.types.is_string(column.type) or pa.types.is_null(column.type):
+                table = table.set_column(index, field.name, pc.cast(column, field.type))
+    return table
 
 
 def _parse_line(raw: bytes) -> tuple[str | None, dict[str, object]]:
@@ -312,11 +343,12 @@ def _unknown_fields(value: dict[str, object], schema: pa.Schema) -> str | None:
 
 
 def _read_lines(lines: list[bytes], schema: pa.Schema | None) -> pa.Table:
-    return pajson.read_json(
+    table = pajson.read_json(
         pa.py_buffer(b"\n".join(lines)),
         read_options=pajson.ReadOptions(use_threads=False, block_size=sum(len(x) + 1 for x in lines) + 1),
         parse_options=_parse_options(schema),
     )
+    return _dates_and_times(table, schema)
 
 
 def _type_lines(candidates: list[_Line], schema: pa.Schema | None) -> tuple[pa.Table | None, list[tuple[_Line, str]]]:
@@ -401,7 +433,7 @@ def _kind_fits(kind: pa.DataType, target: pa.DataType) -> bool:
         return pa.types.is_integer(kind)
     if pa.types.is_floating(target):
         return pa.types.is_integer(kind) or pa.types.is_floating(kind)
-    if pa.types.is_string(target) or pa.types.is_large_string(target) or pa.types.is_timestamp(target):
+    if pa.types.is_string(target) or pa.types.is_large_string(target) or _is_temporal(target):
         return pa.types.is_string(kind)
     if pa.types.is_boolean(target):
         return pa.types.is_boolean(kind)
@@ -409,7 +441,7 @@ def _kind_fits(kind: pa.DataType, target: pa.DataType) -> bool:
         return pa.types.is_list(kind)
     if pa.types.is_struct(target):
         return pa.types.is_struct(kind)
-    return True  # dates, decimals, binary, ...: pyarrow decides
+    return True  # decimals, binary, ...: pyarrow decides
 
 
 def _kind_problem(value: dict[str, object], schema: pa.Schema | None, kinds: dict[str, pa.DataType]) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakesink.errors import SchemaMismatch
+from lakesink.errors import ConfigError, SchemaMismatch
 from lakesink.write.convert import plain_type
 
 _INT_ORDER = [pa.int8(), pa.int16(), pa.int32(), pa.int64()]
@@ -84,6 +84,32 @@ def delta_schema(schema: pa.Schema) -> pa.Schema:
         SchemaMismatch: a column of a type Delta cannot store, naming it.
     """
     return pa.schema([pa.field(f.name, _delta_type_of(f), nullable=True) for f in schema])
+
+
+def declared_schema(schema: pa.Schema) -> pa.Schema:
+    """A declared (or inferred) schema as the table stores it: Delta's types, the declared nullability.
+
+    Raises:
+        SchemaMismatch: a column of a type Delta cannot store, naming it.
+    """
+    _reject_duplicate_names(schema)
+    return pa.schema([pa.field(f.name, _delta_type_of(f), nullable=f.nullable) for f in schema])
+
+
+def check_declared(declared: pa.Schema, table: pa.Schema, *, table_uri: str) -> None:
+    """A declared schema must agree with the existing table's columns it names.
+
+    Raises:
+        ConfigError: a declared column the table holds with another type.
+    """
+    for field in declared:
+        index = table.get_field_index(field.name)
+        if index >= 0 and table.field(index).type != field.type:
+            raise ConfigError(
+                f"the declared schema says {field.name!r} is {field.type}, but {table_uri} holds it as "
+                f"{table.field(index).type}: fix the schema=, or ingest into a new table",
+                options=("schema",),
+            )
 
 
 def _delta_type_of(field: pa.Field) -> pa.DataType:
@@ -204,6 +230,8 @@ def _may_widen(source: pa.DataType, target: pa.DataType) -> bool:
         return pa.types.is_integer(target) and pa.types.is_signed_integer(target)
     if pa.types.is_signed_integer(plain) and pa.types.is_signed_integer(target):
         return _INT_ORDER.index(plain) <= _INT_ORDER.index(target)
+    if pa.types.is_integer(plain) and pa.types.is_float64(target):
+        return True  # a value a double cannot hold exactly (beyond 2**53) is refused by the safe cast
     if pa.types.is_floating(plain) and pa.types.is_floating(target):
         return plain.bit_width <= target.bit_width
     if pa.types.is_timestamp(plain) and pa.types.is_timestamp(target):

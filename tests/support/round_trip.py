@@ -315,6 +315,7 @@ def check_stats(uri: str) -> list[str]:
                 problems.append(f"{add['path']}: {'.'.join(leaf)} holds NaN but has bounds [{low}, {high}]")
                 continue
             comparable = [_stat_form(v) for v in values]
+            low, high = _typed(low, column.type), _typed(high, column.type)
             if low is not None and any(v < low for v in comparable):
                 problems.append(f"{add['path']}: min of {'.'.join(leaf)} is {low!r}, above {min(comparable)!r}")
             if high is not None and any(v > high for v in comparable):
@@ -346,13 +347,27 @@ def _get(tree: Any, path: tuple[str, ...]) -> Any:
 
 
 def _stat_form(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat() if value.tzinfo else value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
+    """A file's value in the form its statistic is compared in."""
+    if hasattr(value, "to_pydatetime"):
+        value = value.to_pydatetime()
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
     return value
+
+
+def _typed(stat: Any, t: pa.DataType) -> Any:
+    """A statistic from the log (JSON) as a value of the column's type: timestamps and dates are
+    logged as text (`2026-12-01 10:00:00.000`, `...Z`), decimals as numbers."""
+    if stat is None or not isinstance(stat, str | int | float):
+        return stat
+    if pa.types.is_timestamp(t):
+        parsed = dt.datetime.fromisoformat(str(stat))
+        return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo is not None else parsed
+    if pa.types.is_date32(t) or pa.types.is_date64(t):
+        return dt.date.fromisoformat(str(stat))
+    if pa.types.is_decimal(t):
+        return decimal.Decimal(str(stat))
+    return stat
 
 
 def check_skipping(uri: str, case: Case) -> list[str]:
