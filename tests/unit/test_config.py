@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
 from lakesink.config import CommitInterval, WriteConfig, parse_duration, parse_size, positive_int
@@ -58,3 +59,41 @@ def test_write_config_checks_its_values_and_bounds_row_groups_by_the_budget() ->
         WriteConfig(in_flight_bytes=0)
     with pytest.raises(ConfigError, match="interval must be a CommitInterval"):
         WriteConfig(interval="1GB")  # type: ignore[arg-type]
+
+
+def test_a_declared_schema_reads_sql_types_nesting_and_not_null() -> None:
+    from lakesink.config import parse_schema
+
+    schema = parse_schema(
+        "id BIGINT NOT NULL, `a b` DECIMAL(10,2), tags ARRAY<STRING>, s STRUCT<x: INT, y: DATE>, m MAP<STRING, DOUBLE>"
+    )
+    assert schema == pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("a b", pa.decimal128(10, 2)),
+            pa.field("tags", pa.list_(pa.string())),
+            pa.field("s", pa.struct([("x", pa.int32()), ("y", pa.date32())])),
+            pa.field("m", pa.map_(pa.string(), pa.float64())),
+        ]
+    )
+    assert parse_schema("at TIMESTAMP, local TIMESTAMP_NTZ").types == [pa.timestamp("us", tz="UTC"), pa.timestamp("us")]
+
+
+def test_a_declared_schema_may_be_a_delta_schemas_json() -> None:
+    from lakesink.config import parse_schema
+
+    text = (
+        '{"type":"struct","fields":[{"name":"id","type":"long","nullable":false},'
+        '{"name":"l","type":{"type":"array","elementType":"string"}}]}'
+    )
+    assert parse_schema(text) == pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("l", pa.list_(pa.string()))])
+
+
+@pytest.mark.parametrize(
+    ("text", "match"), [("id FOO", "unknown type 'foo'"), ("id BIGINT day DATE", "expected ','"), ("", "declares no column")]
+)
+def test_a_schema_that_cannot_be_read_says_where(text: str, match: str) -> None:
+    from lakesink.config import parse_schema
+
+    with pytest.raises(ConfigError, match=match):
+        parse_schema(text)
