@@ -22,6 +22,7 @@ skip or duplicate.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
@@ -90,6 +91,12 @@ class FileSource:
 
     def __repr__(self) -> str:
         return f"FileSource({self.uri!r}, files={len(self.files)})"
+
+    def reading_at_most(self, max_record_bytes: int) -> FileSource:
+        """The same listing, read in blocks of at most `max_record_bytes` (a cheap sample of each file)."""
+        clone = copy.copy(self)
+        clone.max_record_bytes = positive_int(max_record_bytes, what="max_record_bytes", unit="bytes")
+        return clone
 
     def ledger(self, *, app_id: str, end: FilePosition, batch_files: Sequence[int]) -> bytes:
         """The ledger staged before committing `end` (lakesink.sources.ledger)."""

@@ -3,8 +3,8 @@ the files, not from the first block alone.
 
 Without it, a first file whose `amount` values happen to be whole numbers makes the table int64
 and a later `5.5` fails the run; JSON dates become timestamps and zoned timestamps lose their zone.
-The sample (up to `max_records` records or `max_bytes` of source, from the resume point on, across
-files) is read with the readers' own inference, the types it gives are unified (integers and
+The sample (the first records from the resume point on, and the first block of a few later files)
+is read with the readers' own inference, the types it gives are unified (integers and
 floats: double, if some value has a fraction and every integer stays exact as a double;
 a type and null: the type; anything else that disagrees: the first type, so the
 values that do not fit it are bad records as before), and text columns
@@ -21,11 +21,13 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakesink.errors import BadRecord
 from lakesink.sources.files import FilePosition, FileSource
 from lakesink.sources.records import Chunk
 
-DEFAULT_SAMPLE_RECORDS = 20_000
-DEFAULT_SAMPLE_BYTES = 16 << 20
+DEFAULT_SAMPLE_RECORDS = 2_000
+_SAMPLE_BLOCK_BYTES = 256 << 10
+_SPREAD_FILES = 4
 
 _DATE = r"\d{4}-\d{2}-\d{2}"
 _TIME = r"[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?"
@@ -34,51 +36,68 @@ _NAIVE = re.compile(rf"^{_DATE}{_TIME}$")
 _DATE_ONLY = re.compile(rf"^{_DATE}$")
 
 
-def infer_schema(
-    source: FileSource,
-    start: FilePosition,
-    *,
-    max_records: int = DEFAULT_SAMPLE_RECORDS,
-    max_bytes: int = DEFAULT_SAMPLE_BYTES,
-) -> pa.Schema | None:
+def infer_schema(source: FileSource, start: FilePosition, *, max_records: int = DEFAULT_SAMPLE_RECORDS) -> pa.Schema | None:
     """The schema a new table gets for `source` read from `start` (None: the sample holds no column).
 
-    Raises:
-        BadRecord: a record of the sample cannot be read at all (the run would fail on it too).
+    The sample: the records from `start` on, up to `max_records`, and the first block of up to
+    four later files spread over the listing, all read in blocks of 256 KiB (a line longer than
+    that ends its file's part of the sample).
     """
-    tables = list(_sample(source, start, max_records=max_records, max_bytes=max_bytes))
-    if not tables:
+    sampler = source.reading_at_most(min(source.max_record_bytes, _SAMPLE_BLOCK_BYTES))
+    parts = list(_sample(sampler, start, max_records=max_records, schema=None))
+    if not parts:
         return None
-    schema = _unify(tables)
-    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_timestamp(f.type)]
+    schema = _unify([table for table, _ in parts])
+    # Columns of text files that may hold dates or times: decide from the text itself (the readers
+    # type it their own way). A column a Parquet file holds as text stays text.
+    stored_as_text = {f.name for table, fmt in parts if fmt == "parquet" for f in table.schema if pa.types.is_string(f.type)}
+    text = [
+        f.name
+        for f in schema
+        if (pa.types.is_string(f.type) or pa.types.is_timestamp(f.type))
+        and f.name not in stored_as_text
+        and any(fmt != "parquet" and f.name in table.column_names for table, fmt in parts)
+    ]
     if not text:
         return schema
-    # The readers read temporal-looking text their own way: read the sample again with those
-    # columns as text, and decide from the values.
     as_text = pa.schema([f.with_type(pa.string()) if f.name in text else f for f in schema])
-    raw = list(_sample(source, start, max_records=max_records, max_bytes=max_bytes, schema=as_text))
+    raw = [table for table, fmt in _sample(sampler, start, max_records=max_records, schema=as_text) if fmt != "parquet"]
     kinds = {name: _kind_of_text([t.column(name) for t in raw if name in t.column_names]) for name in text}
     return pa.schema([f.with_type(kinds[f.name] or f.type) if f.name in kinds else f for f in schema])
 
 
 def _sample(
-    source: FileSource, start: FilePosition, *, max_records: int, max_bytes: int, schema: pa.Schema | None = None
-) -> Iterator[pa.Table]:
+    source: FileSource, start: FilePosition, *, max_records: int, schema: pa.Schema | None
+) -> Iterator[tuple[pa.Table, str]]:
+    """(table, format) of the sampled chunks: the head from `start`, then one chunk of a few later files."""
     records = 0
-    taken = 0
-    chunks: Iterator[Chunk] = source.chunks(start, schema=schema, quarantine=True, evolve=True)
-    try:
-        for chunk in chunks:
+    last_file = start.file_index
+    for chunk in _chunks(source, start, schema):
+        if chunk.table.num_columns:
+            yield chunk.table, chunk.file.format
+        records += chunk.records
+        last_file = chunk.file_index
+        if records >= max_records:
+            break
+    later = list(range(last_file + 1, len(source.files)))
+    picks = len(later) if len(later) <= _SPREAD_FILES else _SPREAD_FILES
+    spread = sorted({later[round(i * (len(later) - 1) / max(1, picks - 1))] for i in range(picks)})  # the last included
+    for index in spread:
+        for chunk in _chunks(source, FilePosition(index, 0), schema):
             if chunk.table.num_columns:
-                yield chunk.table
-            records += chunk.records
-            taken += chunk.table.nbytes
-            if records >= max_records or taken >= max_bytes:
-                return
+                yield chunk.table, chunk.file.format
+            break
+
+
+def _chunks(source: FileSource, start: FilePosition, schema: pa.Schema | None) -> Iterator[Chunk]:
+    """The chunks from `start`, ending quietly at a record the sample's small blocks cannot hold."""
+    chunks = source.chunks(start, schema=schema, quarantine=True, evolve=True)
+    try:
+        yield from chunks
+    except BadRecord:
+        return
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        chunks.close()  # type: ignore[attr-defined]
 
 
 def _unify(tables: list[pa.Table]) -> pa.Schema:

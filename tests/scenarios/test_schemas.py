@@ -144,3 +144,22 @@ def test_a_value_the_declared_type_cannot_read_is_a_bad_record_that_can_be_quara
     assert done.returncode == 0, done.stderr
     assert sorted(r[0] for r in query_duckdb(uri, "id")) == [1, 3]
     assert [r[0] for r in query_duckdb(f"{uri}_bad", "line")] == [2]
+
+
+def test_a_parquet_text_column_that_looks_like_timestamps_stays_text(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    pq.write_table(
+        pa.table({"id": [1, 2], "ts": ["2026-11-01T12:00:00Z", "2026-11-02T12:00:00Z"]}), tmp_path / "src" / "a.parquet"
+    )
+    uri = str(tmp_path / "t")
+    assert lakesink.ingest(str(tmp_path / "src"), uri, app_id="x").rows_written == 2
+    assert table_types(uri)["ts"] == "string"
+
+
+def test_a_fraction_in_a_later_file_than_the_first_records_is_found(tmp_path: Path) -> None:
+    for number in range(12):
+        ndjson(tmp_path / "src" / f"{number:02d}.ndjson", *({"id": number * 1000 + i, "amount": i} for i in range(500)))
+    ndjson(tmp_path / "src" / "12.ndjson", {"id": 99_999, "amount": 0.5})
+    uri = str(tmp_path / "t")
+    assert lakesink.ingest(str(tmp_path / "src"), uri, app_id="x").rows_written == 12 * 500 + 1
+    assert table_types(uri)["amount"] == "double"
