@@ -3,7 +3,7 @@ written, statistics never lie, data skipping never drops a row, and time travel 
 agree (tests/support/round_trip.py draws the cases and holds the checks).
 
 Bounded and seeded in the normal suite; a long run (and one against write_deltalake for the same
-data) is `LAKESINK_ROUND_TRIP_EXAMPLES=2000 LAKESINK_ROUND_TRIP_SEED=7 pytest tests/scenarios/test_round_trip.py`
+data) is `LAKESINK_ROUND_TRIP_EXAMPLES=2000 LAKESINK_ROUND_TRIP_SEED=7 pytest --timeout 0 tests/scenarios/test_round_trip.py`
 and `python tools/round_trip_report.py`.
 """
 
