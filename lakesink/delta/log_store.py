@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlparse
 
-from lakesink.config import parse_duration
-from lakesink.errors import ConfigError, LakesinkError, StorageUnavailable
+from lakesink.errors import LakesinkError, StorageUnavailable
 from lakesink.layout import LOG_DIR, log_entry_name, log_entry_temp_name
 from lakesink.storage.objects import fsync_path
-from lakesink.storage.options import StorageOptions, redact
+from lakesink.storage.options import StorageOptions
+from lakesink.storage.s3 import get_or_none, put_if_absent, s3_client
 from lakesink.storage.uri import is_remote
 
 
@@ -114,7 +114,7 @@ class S3LogStore:
         prefix = parsed.path.strip("/")
         self._prefix = f"{prefix}/{LOG_DIR}/" if prefix else f"{LOG_DIR}/"
         self._options = options
-        self._client = _s3_client(options)
+        self._client = s3_client(options)
 
     def __repr__(self) -> str:
         return f"S3LogStore(s3://{self._bucket}/{self._prefix}, storage_options={self._options!r})"
@@ -123,95 +123,14 @@ class S3LogStore:
         return f"{self._prefix}{log_entry_name(version)}"
 
     def create(self, version: int, body: bytes) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         key = self._key(version)
-        try:
-            self._client.put_object(Bucket=self._bucket, Key=key, Body=body, IfNoneMatch="*")
-        except ClientError as exc:
-            status, code = _status(exc)
-            if status == 412 or code == "PreconditionFailed":
-                return False
-            if status == 409 or code == "ConditionalRequestConflict":
-                return False  # another create of this key is in flight: the caller reads what is there
-            if status == 501 or code == "NotImplemented":
-                raise ConditionalPutUnsupported(f"s3://{self._bucket}/{key}: the store does not support If-None-Match") from None
-            raise self._error("PUT", key, exc) from None
-        except BotoCoreError as exc:
-            raise self._error("PUT", key, exc) from None
-        return True
+        created = put_if_absent(self._client, self._bucket, key, body, self._options)
+        if created is None:
+            raise ConditionalPutUnsupported(f"s3://{self._bucket}/{key}: the store does not support If-None-Match")
+        return created
 
     def read(self, version: int) -> bytes | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        key = self._key(version)
-        try:
-            answer = self._client.get_object(Bucket=self._bucket, Key=key)
-            return bytes(answer["Body"].read())
-        except ClientError as exc:
-            status, code = _status(exc)
-            if status == 404 and code != "NoSuchBucket":
-                return None
-            raise self._error("GET", key, exc) from None
-        except BotoCoreError as exc:
-            raise self._error("GET", key, exc) from None
-
-    def _error(self, method: str, key: str, exc: Exception) -> LakesinkError:
-        """One line naming the request and the answer; botocore's text carries no secret, but is scrubbed anyway."""
-        from botocore.exceptions import ClientError
-
-        target = f"{method} s3://{self._bucket}/{key}"
-        if isinstance(exc, ClientError):
-            status, code = _status(exc)
-            message = exc.response.get("Error", {}).get("Message", "")
-            retries = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-            answer = redact(f"{status} {code}" + (f" ({message})" if message else ""), self._options)
-            if code == "NoSuchBucket":
-                return ConfigError(f"{target}: the bucket does not exist. Create it, or fix the table URI.")
-            if code in _CREDENTIAL_CODES or status == 403:
-                return ConfigError(f"{target}: the store refused the credentials ({answer}). Check AWS_* settings.")
-            return StorageUnavailable(
-                f"{target}: {answer}, after {retries} retries. The store is unreachable or failing: check the endpoint, rerun."
-            )
-        return StorageUnavailable(
-            f"{target}: {redact(str(exc), self._options)}. The store is unreachable or failing: check the endpoint, rerun."
-        )
-
-
-_CREDENTIAL_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId"}
-)
-
-
-def _status(exc: Any) -> tuple[int, str]:
-    response = exc.response
-    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)), str(response.get("Error", {}).get("Code", ""))
-
-
-def _s3_client(options: StorageOptions) -> Any:
-    """A boto3 S3 client with the endpoint, credentials, timeouts and retry budget delta-rs and pyarrow get."""
-    import boto3
-    from botocore.config import Config
-
-    values = {k.upper(): v for k, v in options.values.items()}
-    retry = options.retry_settings()
-    endpoint = values.get("AWS_ENDPOINT_URL") or values.get("AWS_ENDPOINT")
-    config: dict[str, Any] = {
-        "region_name": values.get("AWS_REGION", "us-east-1"),
-        "connect_timeout": parse_duration(retry["CONNECT_TIMEOUT"], what="CONNECT_TIMEOUT"),
-        "read_timeout": parse_duration(retry["TIMEOUT"], what="TIMEOUT"),
-        "retries": {"mode": "standard", "total_max_attempts": int(retry["MAX_RETRIES"]) + 1},
-    }
-    if endpoint and values.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "").lower() != "true":
-        config["s3"] = {"addressing_style": "path"}  # as delta-rs and pyarrow address a custom endpoint
-    credentials: dict[str, str] = {}
-    if values.get("AWS_ACCESS_KEY_ID"):
-        credentials["aws_access_key_id"] = values["AWS_ACCESS_KEY_ID"]
-        credentials["aws_secret_access_key"] = values.get("AWS_SECRET_ACCESS_KEY", "")
-        if values.get("AWS_SESSION_TOKEN"):
-            credentials["aws_session_token"] = values["AWS_SESSION_TOKEN"]
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint or None, config=Config(**config), **credentials)
+        return get_or_none(self._client, self._bucket, self._key(version), self._options)
 
 
 # Options under which delta-rs coordinates commits some other way than a conditional PUT, which

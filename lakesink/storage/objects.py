@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -23,6 +23,7 @@ from lakesink.config import parse_duration
 from lakesink.errors import ConfigError, LakesinkError, StorageUnavailable
 from lakesink.layout import temp_path
 from lakesink.storage.options import StorageOptions
+from lakesink.storage.s3 import put_if_absent, s3_client
 from lakesink.storage.uri import is_remote, s3_root
 
 
@@ -60,9 +61,13 @@ class ObjectStore(Protocol):
 class ArrowObjectStore:
     """An `ObjectStore` over a pyarrow filesystem (local disk or S3) rooted at a directory/prefix."""
 
-    def __init__(self, filesystem: pafs.FileSystem, root: str) -> None:
+    def __init__(self, filesystem: pafs.FileSystem, root: str, *, options: StorageOptions | None = None) -> None:
         self._fs = filesystem
         self._root = root.rstrip("/")
+        # S3: creates go through boto3's conditional PUT (pyarrow has none); None once the store says it has none.
+        self._options = options
+        self._conditional: Any | None = None
+        self._conditional_known = options is None or isinstance(filesystem, pafs.LocalFileSystem)
 
     def __repr__(self) -> str:
         return f"ArrowObjectStore({type(self._fs).__name__}, root={self._root!r})"
@@ -87,10 +92,20 @@ class ArrowObjectStore:
 
         For files named by their content (lakesink.write.stage): one that is there holds these
         bytes already, and may be named by a committed log entry, which the protocol forbids to
-        overwrite. A look first (stat or HEAD), then the usual whole-object write: two writers
-        staging the same name at once write the same bytes, each replacing the object whole. An
-        object of another size is a torn upload (S3) that no commit can name, and is replaced.
+        overwrite. S3: one conditional PUT (If-None-Match). Local disk, or a store without
+        conditional PUT: a look first (stat or HEAD), then the usual whole-object write (two writers
+        staging the same name at once write the same bytes, each replacing the object whole; an
+        object of another size is a torn upload no commit can name, and is replaced).
         """
+        if not self._conditional_known:
+            self._conditional, self._conditional_known = s3_client(self._options or StorageOptions()), True
+        if self._conditional is not None:
+            bucket, _, prefix = self._root.partition("/")
+            key = f"{prefix}/{path}" if prefix else path
+            created = put_if_absent(self._conditional, bucket, key, data, self._options or StorageOptions())
+            if created is not None:
+                return created
+            self._conditional = None  # no If-None-Match on this store: look first, then write
         there = self.info(path)
         if there is not None and there.size == len(data):
             return False
@@ -233,7 +248,7 @@ def open_store(uri: str, options: StorageOptions) -> ArrowObjectStore:
     """An object store rooted at `uri` (a normalized table or source URI)."""
     if not is_remote(uri):
         return ArrowObjectStore(pafs.LocalFileSystem(), uri)
-    return ArrowObjectStore(s3_filesystem(options), s3_root(uri))
+    return ArrowObjectStore(s3_filesystem(options), s3_root(uri), options=options)
 
 
 def s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
