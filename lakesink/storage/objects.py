@@ -65,7 +65,7 @@ class ArrowObjectStore:
         self._fs = filesystem
         self._root = root.rstrip("/")
         # S3: creates go through boto3's conditional PUT (pyarrow has none); None once the store says it has none.
-        self._options = options
+        self._options = options or StorageOptions()
         self._conditional: Any | None = None
         self._conditional_known = options is None or isinstance(filesystem, pafs.LocalFileSystem)
 
@@ -98,11 +98,11 @@ class ArrowObjectStore:
         object of another size is a torn upload no commit can name, and is replaced).
         """
         if not self._conditional_known:
-            self._conditional, self._conditional_known = s3_client(self._options or StorageOptions()), True
+            self._conditional, self._conditional_known = s3_client(self._options), True
         if self._conditional is not None:
             bucket, _, prefix = self._root.partition("/")
             key = f"{prefix}/{path}" if prefix else path
-            created = put_if_absent(self._conditional, bucket, key, data, self._options or StorageOptions())
+            created = put_if_absent(self._conditional, bucket, key, data, self._options)
             if created is not None:
                 return created
             self._conditional = None  # no If-None-Match on this store: look first, then write
