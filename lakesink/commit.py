@@ -27,8 +27,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -38,6 +38,7 @@ from lakesink.delta.errors import CommitConflict, CommitNotAnswered
 from lakesink.delta.log_entry import WRITE_ID_KEY, EntrySummary, StagedFile, encode_append, summarize
 from lakesink.delta.log_store import ConditionalPutUnsupported, open_log_store
 from lakesink.delta.log_store import LogStore as LogStore
+from lakesink.delta.merge import MergePlan, metric, quote
 from lakesink.delta.table import TableHandle
 from lakesink.errors import (
     CommitOutcomeUnknown,
@@ -176,6 +177,13 @@ def add_columns(handle: TableHandle, fields: Sequence[pa.Field]) -> None:
     handle.add_columns(fields)
 
 
+def delete_rows(handle: TableHandle, *, column: str, below: int) -> int:
+    """Delete the rows whose `column` is below `below`, in a commit of their own; how many went."""
+    removed = handle.delete_where(f"{quote(column)} < {int(below)}")
+    log.info("deleted %d row(s) of %s with %s below %d", removed, handle.uri, column, below)
+    return removed
+
+
 class Committer:
     """Commits staged files to one table for a `Sink`, each batch exactly once.
 
@@ -234,7 +242,58 @@ class Committer:
             except ConditionalPutUnsupported as exc:
                 log.warning("%s: %s; committing through delta-rs from now on", handle.uri, exc)
                 self._log_store = None
-        return _commit_through_delta_rs(job)
+        return _commit_through_delta_rs(job, _append_attempt(job))
+
+    def commit_merge(
+        self,
+        handle: TableHandle,
+        source: pa.Table,
+        plan: MergePlan,
+        *,
+        app_id: str,
+        position: int,
+        previous: int | AnyPrevious | None = ANY_PREVIOUS,
+    ) -> WriteResult:
+        """MERGE `source` into the table (`plan`) with `txn(app_id, position)`, in one commit, exactly
+        once: checked and committed on one snapshot, through delta-rs (whose conflict check refuses
+        it if any writer committed since), re-checked after a conflict or an unanswered attempt.
+
+        Raises:
+            as `commit`; ConfigError for a plan delta-rs cannot run (a bad window predicate).
+        """
+        job = _Job(handle, (), app_id, position, source.schema, (), self._clock, previous, self._sleep, self._policy)
+        metrics: dict[str, Any] = {}
+
+        def attempt(read_version: int, write_id: str) -> None:
+            metrics.update(
+                handle.merge(
+                    source, plan, app_id=app_id, position=position, now_ms=int(job.clock() * 1000),
+                    commit_info=job.commit_info(write_id),
+                    cleanup_expired_logs=_cleanup_on_this_commit(handle.configuration(), read_version),
+                )
+            )  # fmt: skip
+
+        result = _commit_through_delta_rs(job, attempt)
+        if not result.committed:
+            return result
+        changed = sum(metric(metrics, f"num_target_rows_{kind}") for kind in ("inserted", "updated", "deleted"))
+        return replace(result, rows=changed, files=metric(metrics, "num_target_files_added"))
+
+
+def _append_attempt(job: _Job) -> Callable[[int, str], None]:
+    def attempt(read_version: int, write_id: str) -> None:
+        job.handle.commit_transaction(
+            job.staged,
+            schema=job.schema,
+            partition_by=job.partition_by,
+            app_id=job.app_id,
+            position=job.position,
+            now_ms=int(job.clock() * 1000),
+            commit_info=job.commit_info(write_id),
+            cleanup_expired_logs=_cleanup_on_this_commit(job.handle.configuration(), read_version),
+        )
+
+    return attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,8 +473,9 @@ def _expired_log_cleanup_enabled(configuration: Mapping[str, str]) -> bool:
     return str(configuration.get("delta.enableExpiredLogCleanup", "true")).lower() != "false"
 
 
-def _commit_through_delta_rs(job: _Job) -> WriteResult:
-    """Steps 1-3 of the module doc, with delta-rs committing (for stores without create-only PUTs)."""
+def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], None]) -> WriteResult:
+    """Steps 1-3 of the module doc, with delta-rs committing (for stores without create-only PUTs,
+    and for merges): `attempt_commit(read_version, write_id)` makes one attempt."""
     handle, app_id, position, policy = job.handle, job.app_id, job.position, job.policy
     last_error: BaseException | None = None
     # Tags every attempt's commitInfo, so after a lost answer the log tells whether the commit
@@ -430,16 +490,7 @@ def _commit_through_delta_rs(job: _Job) -> WriteResult:
         read_version = handle.version()
         try:
             crash_point("before_commit")
-            handle.commit_transaction(
-                job.staged,
-                schema=job.schema,
-                partition_by=job.partition_by,
-                app_id=app_id,
-                position=position,
-                now_ms=int(job.clock() * 1000),
-                commit_info=job.commit_info(write_id),
-                cleanup_expired_logs=_cleanup_on_this_commit(handle.configuration(), read_version),
-            )
+            attempt_commit(read_version, write_id)
         except CommitConflict as exc:
             # Another writer with this app id committed since our snapshot: re-check, never re-send.
             log.info("position %d of %r: another writer committed since version %d; re-checking", position, app_id, read_version)

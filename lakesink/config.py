@@ -159,6 +159,71 @@ class WriteConfig:
         return max(1, min(DEFAULT_ROW_GROUP_BYTES, self.in_flight_bytes // 4))
 
 
+# -- keyed writes -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """`Sink.write(..., mode=Upsert(...))`: the table mirrors the input by `key`, in the order of `order_by`.
+
+    A batch's rows collapse to the last change per key (the highest `order_by`; on a tie, the later
+    row in the batch), then one MERGE applies them in the commit that carries the position: a row
+    is inserted, updated or deleted only if its `order_by` is above the one the table's row holds,
+    so a replayed or late change never brings back an older value. `order_by` is stored (it is how
+    the next batch compares); the flag columns are not.
+
+    `delete_flag`: a bool column; true deletes the key. With `tombstones` (the default), deleted
+    keys and their `order_by` are kept in a side table (under `_lakesink/` in the table, hidden from
+    readers), so an older insert replayed later cannot bring a deleted row back
+    (`Sink.prune_tombstones` removes the ones no replay can reach any more).
+    `keep_flags`: {column: bool column}; true keeps the table's value of `column` (a change that
+    did not carry it, like PostgreSQL's unchanged TOAST values) instead of writing the input's.
+    """
+
+    key: tuple[str, ...]
+    order_by: str
+    delete_flag: str | None = None
+    keep_flags: tuple[tuple[str, str], ...] = ()
+    tombstones: bool = True
+
+    def __post_init__(self) -> None:
+        key = (self.key,) if isinstance(self.key, str) else tuple(self.key)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "keep_flags", tuple(dict(self.keep_flags).items()))
+        if not key or not all(isinstance(k, str) and k for k in key):
+            raise ConfigError(f"Upsert.key must name one or more columns, not {self.key!r}")
+        flags = [f for f in (self.delete_flag, *(flag for _, flag in self.keep_flags)) if f is not None]
+        stored = {*key, self.order_by, *(column for column, _ in self.keep_flags)}
+        clash = stored.intersection(flags)
+        if clash or len(set(flags)) != len(flags):
+            raise ConfigError(f"Upsert: a flag column cannot be a key, order or kept column, nor serve twice: {sorted(clash)}")
+
+    @property
+    def flag_columns(self) -> tuple[str, ...]:
+        """The input columns that steer the merge and are not stored."""
+        return tuple(f for f in (self.delete_flag, *(flag for _, flag in self.keep_flags)) if f is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Dedup:
+    """`Sink.write(..., mode=Dedup(...))`: insert only rows whose `key` the table does not hold yet.
+
+    For at-least-once sources without positions: a redelivered row is dropped, whichever batch
+    brings it. `window` (a SQL predicate on the table's columns, e.g. `day >= '2026-11-01'`) bounds
+    where duplicates are looked for, and so what each write reads: a key outside the window is
+    inserted again. Within a batch, the first row of a key wins.
+    """
+
+    key: tuple[str, ...]
+    window: str | None = None
+
+    def __post_init__(self) -> None:
+        key = (self.key,) if isinstance(self.key, str) else tuple(self.key)
+        object.__setattr__(self, "key", key)
+        if not key or not all(isinstance(k, str) and k for k in key):
+            raise ConfigError(f"Dedup.key must name one or more columns, not {self.key!r}")
+
+
 # -- declared schemas ------------------------------------------------------------------------------
 
 _SIMPLE_TYPES: dict[str, pa.DataType] = {

@@ -6,6 +6,7 @@
       _delta_log/_commit_<uuid>.json.tmp                    a log entry being created on local disk
       <col>=<value>/.../part-<position>-<seq>-<app slug>-<digest or nonce>.snappy.parquet   data files
       _lakesink/ledger/<app slug>/<position, 20 digits>.json                               source ledgers
+      _lakesink/tombstones/                                 a Delta table of deleted keys (keyed writes)
       <any of the above>.<pid>.tmp                          a local file being written (renamed when whole)
 
 Names starting with `_` or `.` are hidden: Delta and Spark readers skip them, and so do file sources.
@@ -23,6 +24,7 @@ from urllib.parse import quote
 LOG_DIR = "_delta_log"
 LAST_CHECKPOINT = f"{LOG_DIR}/_last_checkpoint"
 LEDGER_DIR = "_lakesink/ledger"
+TOMBSTONE_DIR = "_lakesink/tombstones"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The directory value of a null partition value."""
 
@@ -158,6 +160,11 @@ def parse_ledger_path(path: str) -> LedgerName | None:
     if match is None:
         return None
     return LedgerName(slug=match.group(1), position=int(match.group(2)), temp=_TEMP.search(rest) is not None)
+
+
+def tombstone_table_uri(table_uri: str) -> str:
+    """The side table of deleted keys of the keyed table at `table_uri` (hidden from its readers)."""
+    return f"{table_uri.rstrip('/')}/{TOMBSTONE_DIR}"
 
 
 # -- local temporary files, hidden names ------------------------------------------------------------

@@ -20,15 +20,20 @@ from lakesink.commit import (
     add_columns,
     check_files_fit,
     create_table,
+    delete_rows,
     settled,
 )
+from lakesink.config import Dedup, Upsert
 from lakesink.crashpoints import crash_point
 from lakesink.delta.log_entry import StagedFile
+from lakesink.delta.merge import MergePlan
 from lakesink.delta.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
 from lakesink.errors import ConfigError, InvalidPosition
+from lakesink.layout import tombstone_table_uri
 from lakesink.storage.objects import ObjectStore, open_store
 from lakesink.storage.options import StorageOptions
 from lakesink.storage.uri import normalize_table_uri
+from lakesink.write.changes import check_columns, deletes, first_row_per_key, last_change_per_key, without_outdated
 from lakesink.write.convert import to_arrow
 from lakesink.write.partitions import check_partition_columns
 from lakesink.write.schema import fit
@@ -79,6 +84,8 @@ class Sink:
         self._evolve = evolve_schema
         self._checkpoint_interval = checkpoint_interval
         self.store: ObjectStore = store or open_store(self.uri, self._options)
+        self._clock, self._sleep = clock, sleep
+        self._tombstones: Sink | None = None
         self._committer = Committer(self.uri, self._options, log_store=log_store, clock=clock, sleep=sleep, policy=commit_policy)
         self._handle: TableHandle | None = self._open()
         if self._handle is not None:
@@ -126,7 +133,14 @@ class Sink:
         else:
             self._handle.refresh()
 
-    def write(self, data: Any, *, position: int, previous: int | AnyPrevious | None = ANY_PREVIOUS) -> WriteResult:
+    def write(
+        self,
+        data: Any,
+        *,
+        position: int,
+        previous: int | AnyPrevious | None = ANY_PREVIOUS,
+        mode: Upsert | Dedup | None = None,
+    ) -> WriteResult:
         """Commit `data` for `position` exactly once.
 
         `data` is a pyarrow Table or RecordBatch, a polars or pandas DataFrame, or a list of dicts.
@@ -139,6 +153,12 @@ class Sink:
         inside this batch, nothing is written and the status is "stale": re-read from
         `result.committed_position`. Without it, any position above the committed one commits, which
         is right when each position is one indivisible batch (a message, a file).
+
+        `mode` makes it a keyed write, one MERGE in the commit that carries the position:
+        `Upsert(key=..., order_by=...)` keeps the table a mirror of the input by key, where a change
+        never overwrites a newer one and a delete is never undone by an older insert, so replaying
+        any batch changes nothing; `Dedup(key=...)` inserts only keys the table does not hold
+        (lakesink.config has both). Without it, the rows are appended.
 
         Raises:
             InvalidPosition: `position` is not a non-negative int64.
@@ -154,6 +174,8 @@ class Sink:
             if done is not None:
                 return done
         arrow = to_arrow(data)
+        if mode is not None:
+            return self._write_keyed(arrow, mode, position=position, previous=previous)
         handle = self._handle
         fitted = fit(arrow, handle.arrow_schema() if handle else None, evolve=self._evolve)
         if handle is None:
@@ -182,6 +204,67 @@ class Sink:
             handle, staged, app_id=self.app_id, position=position, schema=fitted.table.schema, partition_by=partition_by,
             previous=previous,
         )  # fmt: skip
+
+    def _write_keyed(
+        self, data: pa.Table, mode: Upsert | Dedup, *, position: int, previous: int | AnyPrevious | None
+    ) -> WriteResult:
+        check_columns(data, mode)
+        flags = mode.flag_columns if isinstance(mode, Upsert) else ()
+        batch = last_change_per_key(data, mode) if isinstance(mode, Upsert) else first_row_per_key(data, mode.key)
+        values = batch.drop_columns(list(flags))
+        handle = self._handle
+        fitted = fit(values, handle.arrow_schema() if handle else None, evolve=self._evolve)
+        if handle is None:
+            handle = self.ensure_table(fitted.table.schema)
+            fitted = fit(values, handle.arrow_schema(), evolve=self._evolve)
+        if fitted.new_fields:
+            add_columns(handle, fitted.new_fields)
+        source = fitted.table.select(values.column_names)
+        for flag in flags:
+            source = source.append_column(flag, batch.column(flag))
+        if isinstance(mode, Dedup):
+            plan = MergePlan(key=mode.key, columns=tuple(values.column_names), window=mode.window)
+        else:
+            plan = MergePlan(
+                key=mode.key, columns=tuple(values.column_names), order_by=mode.order_by, delete_flag=mode.delete_flag,
+                keep_flags=mode.keep_flags,
+            )  # fmt: skip
+            if mode.tombstones:
+                source = self._apply_tombstones(source, mode, position=position)
+        return self._committer.commit_merge(handle, source, plan, app_id=self.app_id, position=position, previous=previous)
+
+    def _apply_tombstones(self, source: pa.Table, mode: Upsert, *, position: int) -> pa.Table:
+        """`source` without changes older than a delete of their key; this batch's deletes recorded
+        first (in the side table, before the merge: a crash in between leaves a tombstone of a
+        delete that the rerun applies again, which only ever drops changes older than it)."""
+        tombstones = self._tombstone_sink()
+        if tombstones.handle is not None:
+            known = tombstones.handle.rows_where([*mode.key, mode.order_by], source.select(list(mode.key)))
+            source = without_outdated(source, known, mode)
+        gone = deletes(source, mode)
+        if gone.num_rows:
+            tombstones.write(gone, position=position, mode=Upsert(key=mode.key, order_by=mode.order_by, tombstones=False))
+        return source
+
+    def _tombstone_sink(self) -> Sink:
+        if self._tombstones is None:
+            self._tombstones = Sink(
+                tombstone_table_uri(self.uri), app_id=self.app_id, storage_options=dict(self._options.values),
+                checkpoint_interval=self._checkpoint_interval, clock=self._clock, sleep=self._sleep,
+            )  # fmt: skip
+        return self._tombstones
+
+    def prune_tombstones(self, *, below: int) -> int:
+        """Forget deleted keys whose delete has an order value below `below` (an int order column):
+        call it once no change older than `below` can be replayed any more (for PostgreSQL, below
+        the position every table of the job has committed). Returns how many were removed."""
+        if self._tombstones is None and TableHandle.open(tombstone_table_uri(self.uri), self._options) is None:
+            return 0
+        tombstones = self._tombstone_sink()
+        if tombstones.handle is None:
+            return 0
+        order = [f.name for f in tombstones.handle.arrow_schema()][-1]
+        return delete_rows(tombstones.handle, column=order, below=below)
 
     def _restage(
         self, handle: TableHandle, existing: list[tuple[str, bytes]], *, position: int, previous: int | AnyPrevious | None

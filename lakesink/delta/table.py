@@ -28,8 +28,9 @@ from deltalake.transaction import AddAction
 
 from lakesink.delta.errors import CommitConflict, CommitNotAnswered, translate
 from lakesink.delta.log_entry import StagedFile
+from lakesink.delta.merge import SOURCE, TARGET, MergePlan, metric
 from lakesink.delta.protocol import writer_protocol_problems
-from lakesink.errors import InternalError, TableError
+from lakesink.errors import ConfigError, InternalError, TableError
 from lakesink.layout import LOG_DIR, log_entry_path
 from lakesink.storage.listing import visible_entries
 from lakesink.storage.objects import open_store
@@ -346,3 +347,81 @@ class TableHandle:
         except Exception as exc:
             raise CommitNotAnswered(translate(exc, None, doing="commit").args[0]) from exc
 
+
+    def merge(
+        self,
+        source: pa.Table,
+        plan: MergePlan,
+        *,
+        app_id: str,
+        position: int,
+        now_ms: int,
+        commit_info: Mapping[str, object],
+        cleanup_expired_logs: bool | None,
+    ) -> dict[str, Any]:
+        """MERGE `source` into the table as `plan` says, in one commit that also sets
+        `txn(app_id, position)`, on this handle's snapshot (delta-rs refuses it if another writer
+        committed since); returns delta-rs's metrics.
+
+        Raises:
+            CommitConflict: another writer committed since this snapshot.
+            CommitNotAnswered: the attempt failed; the commit may or may not have landed.
+            TableError, ConfigError, StorageUnavailable: refused for a reason a retry cannot change.
+        """
+        self.sync_delta_rs()
+        try:
+            builder = self._table.merge(
+                source,
+                predicate=plan.predicate(),
+                source_alias=SOURCE,
+                target_alias=TARGET,
+                commit_properties=CommitProperties(
+                    custom_metadata=dict(commit_info), app_transactions=[Transaction(app_id, position, now_ms)]
+                ),
+                post_commithook_properties=PostCommitHookProperties(
+                    create_checkpoint=True, cleanup_expired_logs=cleanup_expired_logs
+                ),
+            )
+            metrics = plan.apply(builder).execute()
+        except CommitFailedError as exc:
+            raise CommitConflict(translate(exc, None, doing="merge").args[0]) from exc
+        except (DeltaProtocolError, SchemaMismatchError, ValueError, TypeError) as exc:
+            raise translate(exc, None, doing=f"merge position {position} of {app_id!r}") from exc
+        except Exception as exc:
+            if _is_plan_error(exc):
+                raise ConfigError(f"cannot merge into {self.uri}: {translate(exc, None, doing='merge').args[0]}") from exc
+            raise CommitNotAnswered(translate(exc, None, doing="merge").args[0]) from exc
+        self._version = self._table.version()
+        return dict(metrics)
+
+    def delete_where(self, predicate: str) -> int:
+        """Delete the rows `predicate` holds for, in a commit of their own; returns how many.
+
+        Raises:
+            StorageUnavailable, TableError: the delete could not be made (it may be retried: a
+                delete applied twice removes nothing more).
+        """
+        self.sync_delta_rs()
+        try:
+            metrics = self._table.delete(predicate)
+        except Exception as exc:
+            raise translate(exc, self.options, doing=f"delete from {self.uri}") from exc
+        self._version = self._table.version()
+        return metric(metrics, "num_deleted_rows")
+
+    def rows_where(self, columns: Sequence[str], keys: pa.Table) -> pa.Table:
+        """The snapshot's rows whose `keys.column_names` values are among `keys`' rows, `columns` only."""
+        import pyarrow.dataset as pads
+        from pyarrow import compute as pc
+
+        self.sync_delta_rs()
+        first = keys.column_names[0]
+        dataset = self._table.to_pyarrow_dataset()
+        found = dataset.to_table(columns=list(columns), filter=pads.field(first).isin(pc.unique(keys.column(first))))
+        return found.join(keys.group_by(keys.column_names).aggregate([]), keys.column_names, join_type="inner")
+
+
+def _is_plan_error(exc: BaseException) -> bool:
+    """delta-rs's answer to SQL it cannot plan (a bad window predicate or column): nothing was written."""
+    text = str(exc)
+    return any(marker in text for marker in ("SQL error", "Schema error", "No field named", "Error during planning"))
