@@ -237,7 +237,7 @@ class Sink:
         """`source` without changes older than a delete of their key; this batch's deletes recorded
         first (in the side table, before the merge: a crash in between leaves a tombstone of a
         delete that the rerun applies again, which only ever drops changes older than it)."""
-        tombstones = self._tombstone_sink()
+        tombstones = self.tombstone_sink()
         if tombstones.handle is not None:
             known = tombstones.handle.rows_where([*mode.key, mode.order_by], source.select(list(mode.key)))
             source = without_outdated(source, known, mode)
@@ -246,7 +246,8 @@ class Sink:
             tombstones.write(gone, position=position, mode=Upsert(key=mode.key, order_by=mode.order_by, tombstones=False))
         return source
 
-    def _tombstone_sink(self) -> Sink:
+    def tombstone_sink(self) -> Sink:
+        """The writer of this table's tombstones (lakesink.config.Upsert), with this sink's app id."""
         if self._tombstones is None:
             self._tombstones = Sink(
                 tombstone_table_uri(self.uri), app_id=self.app_id, storage_options=dict(self._options.values),
@@ -260,7 +261,7 @@ class Sink:
         the position every table of the job has committed). Returns how many were removed."""
         if self._tombstones is None and TableHandle.open(tombstone_table_uri(self.uri), self._options) is None:
             return 0
-        tombstones = self._tombstone_sink()
+        tombstones = self.tombstone_sink()
         if tombstones.handle is None:
             return 0
         order = [f.name for f in tombstones.handle.arrow_schema()][-1]

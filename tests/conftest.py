@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.moto_server import MotoServer, start_moto_server
+from tests.support.postgres import PostgresServer, PostgresUnavailable, start_postgres
 
 _bucket_ids = itertools.count()
 
@@ -62,3 +63,30 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
         env=env or dict(os.environ),
         timeout=timeout,
     )
+
+
+_database_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL 15 server (logical replication on) for the session; fails, never skips, without PostgreSQL."""
+    try:
+        server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database(postgres: PostgresServer) -> Iterator[str]:
+    """The DSN of a new, empty database on the session's server; dropped (with its replication slots) afterwards."""
+    name = f"lakesink_test_{os.getpid()}_{next(_database_ids)}"
+    postgres.create_database(name)
+    try:
+        yield postgres.dsn(name)
+    finally:
+        postgres.drop_database(name)

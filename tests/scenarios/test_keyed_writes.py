@@ -50,7 +50,7 @@ def test_upsert_applies_last_change_per_key_and_hides_flags(table_uri: str, stor
     assert both_readers(table_uri, storage_options) == {1: (11, "a2"), 3: (12, "c")}
     schema = read_column_deltalake(table_uri, storage_options, ["id", "_lsn", "body"])
     assert schema  # the flags are not columns of the table:
-    with pytest.raises(Exception, match="_deleted|_keep_body"):
+    with pytest.raises(Exception, match=r"_deleted|_keep_body"):
         read_column_deltalake(table_uri, storage_options, ["_deleted"])
 
 
@@ -75,8 +75,8 @@ def test_a_delete_recorded_before_a_crash_still_applies_on_the_rerun(tmp_path: A
     with Sink(uri, app_id="cdc") as sink:
         sink.write(changes((7, 5, "x", False, False)), position=5, mode=UPSERT)
     with Sink(uri, app_id="cdc") as tombstones_only:  # the side table gets the delete, the table does not
-        tombstones_only._tombstone_sink().write(pa.table({"id": pa.array([7], pa.int64()), "_lsn": pa.array([9], pa.int64())}),
-                                                position=9, mode=Upsert(key=("id",), order_by="_lsn", tombstones=False))  # fmt: skip
+        tombstone = pa.table({"id": pa.array([7], pa.int64()), "_lsn": pa.array([9], pa.int64())})
+        tombstones_only.tombstone_sink().write(tombstone, position=9, mode=Upsert(key=("id",), order_by="_lsn", tombstones=False))
     assert both_readers(uri, {}) == {7: (5, "x")}
     with Sink(uri, app_id="cdc") as sink:
         assert sink.write(changes((7, 9, None, True, False)), position=9, mode=UPSERT).status == "committed"
@@ -91,7 +91,9 @@ def test_kept_values_come_from_the_table_or_from_an_earlier_change_in_the_batch(
         # id 1: an update that did not carry body keeps the table's; id 2: an earlier change in the
         # batch carried it, so the last change takes that one; id 3: never carried: null.
         sink.write(
-            changes((1, 2, None, False, True), (2, 2, "two-b", False, False), (2, 3, None, False, True), (3, 3, None, False, True)),
+            changes(
+                (1, 2, None, False, True), (2, 2, "two-b", False, False), (2, 3, None, False, True), (3, 3, None, False, True)
+            ),
             position=3,
             mode=UPSERT,
         )
