@@ -7,7 +7,7 @@
 
 from lakesink._version import __version__
 from lakesink.commit import CommitPolicy, WriteResult
-from lakesink.config import CommitInterval, WriteConfig
+from lakesink.config import CommitInterval, Dedup, Upsert, WriteConfig
 from lakesink.errors import (
     BadRecord,
     CommitOutcomeUnknown,
@@ -22,6 +22,7 @@ from lakesink.errors import (
     TerminalError,
     TransientError,
 )
+from lakesink.ingest.cdc import CdcReport, capture_changes, cdc_status
 from lakesink.ingest.report import IngestProgress, IngestReport
 from lakesink.ingest.run import ingest
 from lakesink.maintenance.gc import GcReport, collect_garbage
@@ -32,11 +33,13 @@ from lakesink.storage.options import StorageOptions
 
 __all__ = [
     "BadRecord",
+    "CdcReport",
     "CommitInterval",
     "CommitOutcomeUnknown",
     "CommitPolicy",
     "ConcurrentWriterError",
     "ConfigError",
+    "Dedup",
     "GcReport",
     "IngestProgress",
     "IngestReport",
@@ -51,10 +54,13 @@ __all__ = [
     "TableStatus",
     "TerminalError",
     "TransientError",
+    "Upsert",
     "VerifyReport",
     "WriteConfig",
     "WriteResult",
     "__version__",
+    "capture_changes",
+    "cdc_status",
     "collect_garbage",
     "ingest",
     "table_status",

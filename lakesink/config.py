@@ -178,6 +178,10 @@ class Upsert:
     (`Sink.prune_tombstones` removes the ones no replay can reach any more).
     `keep_flags`: {column: bool column}; true keeps the table's value of `column` (a change that
     did not carry it, like PostgreSQL's unchanged TOAST values) instead of writing the input's.
+    `truncate_before`: a TRUNCATE at that (int) order value: rows of the table with a lower
+    `order_by` that the batch does not touch are deleted in the same commit (tombstones do not
+    record a TRUNCATE: a replay of changes older than it, other than from PostgreSQL's stream, which
+    never goes back past the committed position, can bring rows back).
     """
 
     key: tuple[str, ...]
@@ -185,6 +189,7 @@ class Upsert:
     delete_flag: str | None = None
     keep_flags: tuple[tuple[str, str], ...] = ()
     tombstones: bool = True
+    truncate_before: int | None = None
 
     def __post_init__(self) -> None:
         key = (self.key,) if isinstance(self.key, str) else tuple(self.key)

@@ -162,6 +162,18 @@ def parse_ledger_path(path: str) -> LedgerName | None:
     return LedgerName(slug=match.group(1), position=int(match.group(2)), temp=_TEMP.search(rest) is not None)
 
 
+def mirror_table_uri(root_uri: str, schema: str, table: str) -> str:
+    """Where `lakesink cdc` keeps the mirror of source table `schema.table` under `root_uri`: named
+    after the table (`orders`), with its schema unless that is `public` (`sales.orders`)."""
+    name = table if schema == "public" else f"{schema}.{table}"
+    return f"{root_uri.rstrip('/')}/{quote(name, safe='.-_')}"
+
+
+def snapshot_app_id(app_id: str, consistent_point: int) -> str:
+    """The app id of the chunks of an initial snapshot taken at `consistent_point` (a new one per attempt)."""
+    return f"{app_id}/snapshot/{consistent_point}"
+
+
 def tombstone_table_uri(table_uri: str) -> str:
     """The side table of deleted keys of the keyed table at `table_uri` (hidden from its readers)."""
     return f"{table_uri.rstrip('/')}/{TOMBSTONE_DIR}"

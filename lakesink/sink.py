@@ -227,7 +227,7 @@ class Sink:
         else:
             plan = MergePlan(
                 key=mode.key, columns=tuple(values.column_names), order_by=mode.order_by, delete_flag=mode.delete_flag,
-                keep_flags=mode.keep_flags,
+                keep_flags=mode.keep_flags, delete_unmatched_below=mode.truncate_before,
             )  # fmt: skip
             if mode.tombstones:
                 source = self._apply_tombstones(source, mode, position=position)
@@ -266,6 +266,18 @@ class Sink:
             return 0
         order = [f.name for f in tombstones.handle.arrow_schema()][-1]
         return delete_rows(tombstones.handle, column=order, below=below)
+
+    def advance(self, position: int, *, previous: int | AnyPrevious | None = ANY_PREVIOUS) -> WriteResult:
+        """Commit `position` with no rows (a source that moved on without anything for this table), on
+        the table as it is; "skipped" if the position is committed already.
+
+        Raises:
+            TableError: the table does not exist yet (write to it first); as `write` otherwise.
+        """
+        _check_position(position)
+        handle = self._handle or TableHandle.open_existing(self.uri, self._options)
+        self._handle = handle
+        return self.commit_files([], position=position, previous=previous, schema=handle.arrow_schema())
 
     def _restage(
         self, handle: TableHandle, existing: list[tuple[str, bytes]], *, position: int, previous: int | AnyPrevious | None

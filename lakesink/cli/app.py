@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from lakesink.cli.cdc import cdc_command
 from lakesink.cli.ingest import ingest_command
 from lakesink.cli.tables import gc_command, status_command, verify_command
 
@@ -83,6 +84,7 @@ def main(verbose: int) -> None:
 
 
 main.add_command(ingest_command)
+main.add_command(cdc_command)
 main.add_command(status_command)
 main.add_command(gc_command)
 main.add_command(verify_command)

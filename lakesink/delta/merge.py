@@ -33,6 +33,7 @@ class MergePlan:
     delete_flag: str | None = None
     keep_flags: tuple[tuple[str, str], ...] = ()
     window: str | None = None
+    delete_unmatched_below: int | None = None
 
     def predicate(self) -> str:
         join = " AND ".join(f"{_t(k)} = {_s(k)}" for k in self.key)
@@ -62,7 +63,11 @@ class MergePlan:
             builder = builder.when_matched_delete(predicate=f"{_s(self.delete_flag)} AND {self.newer()}")
             live = f"NOT {_s(self.delete_flag)}"
         builder = builder.when_matched_update(updates=self.updates(), predicate=f"{live} AND {self.newer()}")
-        return builder.when_not_matched_insert(updates=self.inserts(), predicate=live)
+        builder = builder.when_not_matched_insert(updates=self.inserts(), predicate=live)
+        if self.delete_unmatched_below is not None:
+            older = f"{_t(self.order_by)} < {int(self.delete_unmatched_below)}"
+            builder = builder.when_not_matched_by_source_delete(predicate=older)
+        return builder
 
 
 def quote(name: str) -> str:

@@ -369,6 +369,7 @@ class TableHandle:
             TableError, ConfigError, StorageUnavailable: refused for a reason a retry cannot change.
         """
         self.sync_delta_rs()
+        read_version = self._version
         try:
             builder = self._table.merge(
                 source,
@@ -391,6 +392,12 @@ class TableHandle:
             if _is_plan_error(exc):
                 raise ConfigError(f"cannot merge into {self.uri}: {translate(exc, None, doing='merge').args[0]}") from exc
             raise CommitNotAnswered(translate(exc, None, doing="merge").args[0]) from exc
+        if self._table.version() == read_version:
+            # A merge that changes no row commits nothing, txn included: commit the position alone.
+            self.commit_transaction(
+                [], schema=self.arrow_schema(), partition_by=self.partition_columns(), app_id=app_id, position=position,
+                now_ms=now_ms, commit_info=commit_info, cleanup_expired_logs=cleanup_expired_logs,
+            )  # fmt: skip
         self._version = self._table.version()
         return dict(metrics)
 

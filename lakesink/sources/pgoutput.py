@@ -76,7 +76,7 @@ class Column:
     name: str
     type_oid: int
     type_modifier: int  # atttypmod: -1 when the type has none
-    is_key: bool  # part of the replica identity (flag 1)
+    is_key: bool  # part of the replica identity (flag 1); under REPLICA IDENTITY FULL every column is
 
 
 @dataclass(frozen=True, slots=True)

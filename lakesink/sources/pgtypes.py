@@ -16,6 +16,7 @@ decimals of at most 38 digits: values beyond those are refused, never clamped or
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,7 +65,6 @@ _SIMPLE_TYPES: Final[dict[int, pa.DataType]] = {
     FLOAT8: pa.float64(),
     BYTEA: pa.binary(),
     DATE: pa.date32(),
-    TIME: pa.time64("us"),
     TIMESTAMP: pa.timestamp("us"),
     TIMESTAMPTZ: pa.timestamp("us", tz="UTC"),
 }
@@ -111,8 +111,8 @@ def to_arrow_array(values: Sequence[str | None], type_oid: int, type_modifier: i
 
     Raises BadRecord naming table, column and the first value that has no exact Arrow value
     (numeric NaN/Infinity or too many digits, infinite/BC/out-of-range dates and timestamps, time
-    24:00:00), with the fix. Raises InternalError when a value is not a str or None (e.g.
-    UNCHANGED: the caller must replace it first).
+    24:00:00), with the fix. Raises InternalError for UNCHANGED or another value that is not text
+    (the caller must replace UNCHANGED first; bytes are read as UTF-8 text).
     """
     try:
         strings = pa.array(values, type=pa.string())
@@ -122,11 +122,25 @@ def to_arrow_array(values: Sequence[str | None], type_oid: int, type_modifier: i
             f"{table}.{column}: to_arrow_array was given {bad!r} ({type(bad).__name__}); it takes PostgreSQL text or None "
             "only (UNCHANGED must be replaced by the row's current value first)"
         ) from exc
-    target = arrow_type(type_oid, type_modifier)
+    return convert_strings(strings, type_oid, type_modifier, column=column, table=table)
+
+
+def convert_strings(strings: pa.Array, type_oid: int, type_modifier: int, *, column: str, table: str) -> pa.Array:
+    """Like `to_arrow_array`, for PostgreSQL text already in an Arrow string array (e.g. read from COPY ... CSV).
+
+    Takes a string, large_string or string_view Array or ChunkedArray. Raises BadRecord as
+    `to_arrow_array` does, and InternalError for an array that does not hold strings.
+    """
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    if strings.type != pa.string():
+        if not (pa.types.is_large_string(strings.type) or pa.types.is_string_view(strings.type)):
+            raise InternalError(f"{table}.{column}: convert_strings was given an array of {strings.type}; it takes strings")
+        strings = strings.cast(pa.string())
     convert = _CONVERTERS.get(type_oid)
     if convert is None:
         return strings
-    return convert(strings, target, _Column(table, column, type_oid))
+    return convert(strings, arrow_type(type_oid, type_modifier), _Column(table, column, type_oid))
 
 
 # --- conversions ----------------------------------------------------------------------------------
@@ -157,7 +171,7 @@ _UNIX_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # PostgreSQL prints an offset with seconds for zones whose historical (LMT) offset had them,
 # e.g. Europe/Amsterdam before 1937: `1900-01-01 00:00:00+00:19:32`. Arrow cannot parse that.
 _OFFSET_WITH_SECONDS: Final = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,6})?[+-]\d\d:\d\d:\d\d")
-_FOUR_DIGIT_YEAR: Final = re.compile(r"\d{4}-")
+_FIVE_DIGIT_YEAR: Final = re.compile(r"\d{5,}-")
 
 
 def _fails(convert: Callable[[pa.Array], pa.Array], strings: pa.Array) -> bool:
@@ -210,38 +224,71 @@ def _plain(strings: pa.Array, target: pa.DataType, where: _Column) -> pa.Array:
 def _bool(strings: pa.Array, target: pa.DataType, where: _Column) -> pa.Array:
     # Arrow's string-to-bool cast does not take PostgreSQL's 't'/'f'.
     true = pc.equal(strings, "t")
-    if not pc.all(pc.or_(true, pc.equal(strings, "f"))).as_py():
+    if not _all_true(pc.or_(true, pc.equal(strings, "f"))):
         bad = next(v for v in strings.to_pylist() if v not in (None, "t", "f"))
         raise where.refuse(bad, "is not PostgreSQL boolean text ('t' or 'f')", "report this: a bool column sent other text")
     return true
 
 
 def _numeric(strings: pa.Array, target: pa.DataType, where: _Column) -> pa.Array:
-    def explain(value: str) -> BadRecord:
-        fix = (
-            f"declare the column numeric(p,s) with p ≤ 38 (ALTER TABLE {where.table} ALTER COLUMN {where.column} TYPE "
-            "numeric(p,s)), so PostgreSQL itself keeps every value within a decimal that Delta can hold"
-        )
-        if value in ("NaN", "Infinity", "-Infinity"):
-            return where.refuse(
-                value,
-                f"has no decimal value (Arrow {target})",
-                f"replace it (e.g. with NULL) and keep it out, e.g. with CHECK ({where.column} NOT IN ('NaN', "
-                "'Infinity', '-Infinity'))",
-            )
-        digits = value.lstrip("-")
-        integer, _, fraction = digits.partition(".")
-        integer = integer.lstrip("0")
-        fraction = fraction.rstrip("0")
-        if len(fraction) > target.scale:
-            why = f"has {len(fraction)} digits after the point and {target} holds {target.scale} (lakesink never rounds)"
-        elif len(integer) > target.precision - target.scale:
-            why = f"has {len(integer)} digits before the point and {target} holds {target.precision - target.scale}"
-        else:
-            why = f"does not fit {target}"
-        return where.refuse(value, why, fix)
+    # Arrow's string-to-decimal cast is exact within the type's digits but silently wraps around
+    # beyond them (pyarrow 26: '1' * 22 cast to decimal128(38, 18) gives 90264010348295720720.87...,
+    # a 1000-digit string gives a negative number). So every value's digits are checked first, by
+    # one regex over the array; trailing fraction zeros (unconstrained numeric keeps the input's
+    # display scale: '1.50000') are dropped first where that check fails.
+    pattern = _numeric_pattern(target.precision, target.scale)
+    checked = strings
+    fits = pc.match_substring_regex(checked, pattern)
+    if not _all_true(fits):
+        checked = pc.replace_substring_regex(strings, _TRAILING_FRACTION_ZEROS, r"\1")
+        fits = pc.match_substring_regex(checked, pattern)
+        if not _all_true(fits):
+            raise _explain_numeric(strings[pc.index(fits, False).as_py()].as_py(), target, where)
+    try:
+        return pc.cast(checked, target)
+    except _ARROW_ERRORS:
+        raise _explain_numeric(_first_failing(checked, _cast(target)), target, where) from None
 
-    return _cast_or_refuse(strings, target, explain)
+
+_TRAILING_FRACTION_ZEROS: Final = r"(\.\d*?)0+$"  # '1.2300' -> '1.23', '1.000' -> '1.' (which Arrow reads as 1)
+
+
+@functools.cache
+def _numeric_pattern(precision: int, scale: int) -> str:
+    """A regex matching PostgreSQL's numeric text with at most precision - scale integer and scale fraction digits."""
+    integer_digits = precision - scale
+    integer = f"(0|[1-9]\\d{{0,{integer_digits - 1}}})" if integer_digits > 0 else "0"
+    return f"^-?{integer}(\\.\\d{{0,{scale}}})?$"
+
+
+def _all_true(mask: pa.Array) -> bool:
+    """Every non-null value of a boolean array is true (an empty or all-null array counts)."""
+    return bool(pc.all(mask, min_count=0).as_py())
+
+
+def _explain_numeric(value: str, target: pa.DataType, where: _Column) -> BadRecord:
+    fix = (
+        f"declare the column numeric(p,s) with p ≤ 38 (ALTER TABLE {where.table} ALTER COLUMN {where.column} TYPE "
+        "numeric(p,s)), so PostgreSQL itself keeps every value within a decimal that Delta can hold"
+    )
+    if value in ("NaN", "Infinity", "-Infinity"):
+        return where.refuse(
+            value,
+            f"has no decimal value (Arrow {target})",
+            f"replace it (e.g. with NULL) and keep it out, e.g. with CHECK ({where.column} NOT IN ('NaN', "
+            "'Infinity', '-Infinity'))",
+        )
+    integer, _, fraction = value.lstrip("-").partition(".")
+    integer = integer.lstrip("0")
+    fraction = fraction.rstrip("0")
+    integer_digits = target.precision - target.scale
+    if len(fraction) > target.scale:
+        why = f"has {len(fraction)} digits after the point and {target} holds {target.scale} (lakesink never rounds)"
+    elif len(integer) > integer_digits:
+        why = f"has {len(integer)} digits before the point and {target} holds {integer_digits}"
+    else:
+        why = f"is not PostgreSQL numeric text that fits {target}"
+    return where.refuse(value, why, fix)
 
 
 def _explain_datetime(where: _Column, kind: str) -> Callable[[str], BadRecord]:
@@ -250,7 +297,7 @@ def _explain_datetime(where: _Column, kind: str) -> Callable[[str], BadRecord]:
             return where.refuse(value, f"is an infinite {kind}, which Delta cannot hold", _YEAR_FIX)
         if value.endswith(" BC"):
             return where.refuse(value, f"is a {kind} before the year 1 (BC)", _YEAR_FIX)
-        if not _FOUR_DIGIT_YEAR.match(value):
+        if _FIVE_DIGIT_YEAR.match(value):
             return where.refuse(value, f"is a {kind} outside the years 1 to 9999", _YEAR_FIX)
         return where.refuse(value, f"is not PostgreSQL's ISO text of a {kind}", _DATESTYLE_FIX)
 
@@ -303,22 +350,6 @@ def _timestamptz_in_python(strings: pa.Array, target: pa.DataType, explain: Call
     return pa.array(micros, pa.int64()).cast(target)
 
 
-def _time(strings: pa.Array, target: pa.DataType, where: _Column) -> pa.Array:
-    # Arrow has no string-to-time cast: parse as a timestamp on 1970-01-01, whose microseconds
-    # since the epoch are then the time of day. PostgreSQL's 24:00:00 does not parse, and is refused.
-    def convert(times: pa.Array) -> pa.Array:
-        stamped = pc.binary_join_element_wise("1970-01-01 ", times, "")
-        return pc.cast(pc.cast(stamped, pa.timestamp("us")), pa.int64()).cast(target)
-
-    try:
-        return convert(strings)
-    except _ARROW_ERRORS:
-        bad = _first_failing(strings, convert)
-    if bad.startswith("24:00:00"):
-        raise where.refuse(bad, "has no Arrow time value (a time of day ends before 24:00:00)", "store 23:59:59.999999 instead")
-    raise where.refuse(bad, "is not PostgreSQL's text of a time", _DATESTYLE_FIX)
-
-
 def _bytea(strings: pa.Array, target: pa.DataType, where: _Column) -> pa.Array:
     # Arrow has no hex decoding; bytes.fromhex runs at C speed per value.
     decoded: list[bytes | None] = []
@@ -346,7 +377,6 @@ _CONVERTERS: Final[dict[int, _Converter]] = {
     NUMERIC: _numeric,
     BYTEA: _bytea,
     DATE: _date,
-    TIME: _time,
     TIMESTAMP: _timestamp,
     TIMESTAMPTZ: _timestamptz,
 }

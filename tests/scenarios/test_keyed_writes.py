@@ -66,6 +66,10 @@ def test_replayed_older_changes_never_flip_a_row_back_nor_resurrect_a_delete(tmp
         assert both_readers(uri, {}) == {1: (20, "new")}
         again = sink.write(changes((1, 20, "new", False, False), (2, 20, None, True, False)), position=31, mode=UPSERT)
         assert again.status == "committed"
+        # A batch that changes no row still commits its position (delta-rs's MERGE alone would not).
+        assert sink.write(changes(), position=32, mode=UPSERT).status == "committed"
+    with Sink(uri, app_id="cdc") as reopened:
+        assert reopened.committed_position() == 32
     assert both_readers(uri, {}) == {1: (20, "new")}
 
 
@@ -162,3 +166,15 @@ def test_keyed_writes_refuse_null_keys_and_missing_columns_and_write_nothing(tmp
         with pytest.raises(ConfigError, match="'seq'"):
             sink.write(pa.table({"id": [1], "_lsn": [1]}), position=1, mode=Upsert(key="id", order_by="seq"))
     assert not table_exists(uri, {})
+
+
+def test_a_truncate_deletes_older_rows_the_batch_does_not_touch(tmp_path: Any) -> None:
+    uri = str(tmp_path / "t")
+    with Sink(uri, app_id="cdc") as sink:
+        sink.write(changes((1, 1, "a", False, False), (2, 1, "b", False, False)), position=1, mode=UPSERT)
+        truncated = Upsert(
+            key="id", order_by="_lsn", delete_flag="_deleted", keep_flags={"body": "_keep_body"}, truncate_before=5  # type: ignore[arg-type]
+        )
+        sink.write(changes((3, 5, "after", False, False)), position=5, mode=truncated)
+        assert sink.advance(9).status == "committed" and sink.committed_position() == 9
+    assert both_readers(uri, {}) == {3: (5, "after")}

@@ -1,0 +1,223 @@
+"""pgoutput messages assembled into whole source transactions, and those into one Arrow table of
+changes per source table: the shape a keyed write (lakesink.config.Upsert) takes.
+
+Each change row holds the source columns (text converted to Arrow), `_lsn` (the commit LSN of its
+transaction: the order of changes, stored in the table), `__lakesink_deleted` and, for a column
+some change did not carry (PostgreSQL's unchanged TOAST values, or a column added or dropped
+mid-batch), `__lakesink_keep.<column>`: keep the table's value. An update that changes the key is
+a delete of the old key and an insert of the new one. A transaction is taken whole or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from lakesink.errors import SourceContractViolation
+from lakesink.sources.pgoutput import (
+    UNCHANGED,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Relation,
+    Truncate,
+    Update,
+    Value,
+)
+from lakesink.sources.pgtypes import arrow_type, to_arrow_array
+from lakesink.sources.postgres import SourceColumn, SourceTable, format_lsn
+
+LSN_COLUMN = "_lsn"
+DELETED_FLAG = "__lakesink_deleted"
+KEEP_PREFIX = "__lakesink_keep."
+
+
+def keep_flag(column: str) -> str:
+    return f"{KEEP_PREFIX}{column}"
+
+
+@dataclass
+class TableChanges:
+    """The changes of one source table in the batch being gathered, column by column (text)."""
+
+    table: SourceTable
+    columns: dict[str, SourceColumn]
+    values: dict[str, list[str | None]] = field(default_factory=dict)
+    kept: dict[str, list[bool]] = field(default_factory=dict)
+    lsns: list[int] = field(default_factory=list)
+    deleted: list[bool] = field(default_factory=list)
+    truncated_at: int | None = None
+    bytes: int = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.lsns)
+
+    def add(self, names: tuple[str, ...], row: tuple[Value, ...], *, lsn: int, delete: bool) -> None:
+        n = self.rows
+        carried = set()
+        for name, value in zip(names, row, strict=True):
+            column = self.values.get(name)
+            if column is None:
+                column = self.values[name] = [None] * n
+                self.kept[name] = [True] * n  # rows before the column appeared did not carry it
+            keep = value is UNCHANGED or (delete and name not in self.table.key)
+            column.append(None if keep or value is None else str(value))
+            self.kept[name].append(keep)
+            if not keep and value is not None:
+                self.bytes += len(column[-1])  # type: ignore[arg-type]
+            carried.add(name)
+        for name, column in self.values.items():
+            if name not in carried:
+                column.append(None)
+                self.kept[name].append(True)
+        self.lsns.append(lsn)
+        self.deleted.append(delete)
+        self.bytes += 16
+
+    def truncate(self, lsn: int) -> None:
+        """A TRUNCATE at `lsn`: every change gathered so far is older, and void."""
+        self.values, self.kept, self.lsns, self.deleted = {}, {}, [], []
+        self.truncated_at = lsn
+
+    def to_arrow(self) -> pa.Table:
+        """The changes as Arrow: source columns (typed), `_lsn`, the delete flag, keep flags where needed."""
+        arrays: dict[str, pa.Array] = {}
+        for name, column in self.columns.items():
+            if name in self.values:
+                arrays[name] = to_arrow_array(
+                    self.values[name], column.type_oid, column.type_modifier, column=name, table=self.table.qualified
+                )
+            elif not self.lsns:  # a TRUNCATE and nothing after it: the merge still joins on the key
+                arrays[name] = pa.array([], arrow_type(column.type_oid, column.type_modifier))
+        arrays[LSN_COLUMN] = pa.array(self.lsns, pa.int64())
+        arrays[DELETED_FLAG] = pa.array(self.deleted, pa.bool_())
+        for name, kept in self.kept.items():
+            if any(kept) and name in arrays:
+                arrays[keep_flag(name)] = pa.array(kept, pa.bool_())
+        return pa.table(arrays)
+
+
+class ChangeAssembler:
+    """Feeds on decoded pgoutput messages; hands out whole transactions as per-table changes.
+
+    `committed` is each table's committed LSN: a transaction at or below it for a table is
+    dropped for that table (the stream restarts at the smallest of them, so the others see
+    transactions they hold already).
+    """
+
+    def __init__(self, tables: Iterable[SourceTable], committed: Mapping[str, int | None]) -> None:
+        self._tables = {t.oid: t for t in tables}
+        self._committed = dict(committed)
+        self._relations: dict[int, tuple[SourceTable, tuple[str, ...], dict[str, SourceColumn]]] = {}
+        self._changes: dict[str, TableChanges] = {}
+        self._lsn: int | None = None  # the open transaction's commit LSN
+        self.position: int | None = None  # the commit LSN of the last whole transaction gathered
+        self.transactions = 0
+        self.rows = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._lsn is not None
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self._changes.values())
+
+    def feed(self, message: Message) -> None:
+        """Take one message of the stream, in order.
+
+        Raises:
+            SourceContractViolation: a change to a table the job does not mirror, or a message out of order.
+        """
+        if isinstance(message, Begin):
+            self._lsn = message.final_lsn
+        elif isinstance(message, Commit):
+            if self._lsn is not None:
+                self.position = message.commit_lsn
+                self.transactions += 1
+            self._lsn = None
+        elif isinstance(message, Relation):
+            table = self._tables.get(message.oid)
+            if table is None:
+                raise SourceContractViolation(
+                    f"table {message.namespace}.{message.name} joined the publication while the job ran: restart the job, "
+                    "which sets up a Delta table for it"
+                )
+            columns = {c.name: SourceColumn(c.name, c.type_oid, c.type_modifier) for c in message.columns}
+            self._relations[message.oid] = (table, tuple(columns), columns)
+            changes = self._changes.get(table.qualified)
+            if changes is not None:
+                changes.columns.update(columns)
+        elif isinstance(message, (Insert, Update, Delete)):
+            self._change(message)
+        elif isinstance(message, Truncate):
+            for oid in message.relation_oids:
+                target = self._gather(oid)
+                if target is not None:
+                    target.truncate(self._open_lsn())
+
+    def _open_lsn(self) -> int:
+        if self._lsn is None:
+            raise SourceContractViolation("a change arrived outside a transaction: the stream is out of order; rerun")
+        return self._lsn
+
+    def _gather(self, oid: int) -> TableChanges | None:
+        """The buffer of the relation's table, or None when the table holds this transaction already."""
+        lsn = self._open_lsn()
+        known = self._relations.get(oid)
+        if known is None:
+            raise SourceContractViolation(f"a change to relation {oid} came before its description: the stream is out of order")
+        table, _, columns = known
+        committed = self._committed.get(table.qualified)
+        if committed is not None and lsn <= committed:
+            return None
+        changes = self._changes.get(table.qualified)
+        if changes is None:
+            changes = self._changes[table.qualified] = TableChanges(table, dict(columns))
+        return changes
+
+    def _change(self, message: Insert | Update | Delete) -> None:
+        changes = self._gather(message.relation_oid)
+        if changes is None:
+            return
+        lsn = self._open_lsn()
+        _, names, _ = self._relations[message.relation_oid]
+        key = changes.table.key
+        if isinstance(message, Insert):
+            changes.add(names, message.new, lsn=lsn, delete=False)
+        elif isinstance(message, Delete):
+            changes.add(names, message.old, lsn=lsn, delete=True)
+        else:
+            if message.old is not None and _key_of(names, message.old, key) != _key_of(names, message.new, key):
+                changes.add(names, message.old, lsn=lsn, delete=True)
+            changes.add(names, message.new, lsn=lsn, delete=False)
+        self.rows += 1
+
+    def take(self) -> tuple[int | None, dict[str, TableChanges]]:
+        """The position (the last whole transaction's commit LSN) and the changes gathered up to it, per
+        table; the assembler starts a new batch. Call it between transactions only."""
+        if self._lsn is not None:
+            raise SourceContractViolation(f"a batch was cut inside the transaction at {format_lsn(self._lsn)}")
+        changes, self._changes = self._changes, {}
+        if self.position is not None:
+            for table in changes:
+                self._committed[table] = max(self._committed.get(table) or 0, self.position)
+        self.rows = 0
+        self.transactions = 0
+        return self.position, changes
+
+
+def source_schema(table: SourceTable) -> pa.Schema:
+    """The Arrow schema of the mirror of `table`: its columns, then `_lsn`."""
+    fields = [pa.field(c.name, arrow_type(c.type_oid, c.type_modifier)) for c in table.columns]
+    return pa.schema([*fields, pa.field(LSN_COLUMN, pa.int64())])
+
+
+def _key_of(names: tuple[str, ...], row: tuple[Value, ...], key: tuple[str, ...]) -> tuple[Value, ...]:
+    values = dict(zip(names, row, strict=True))
+    return tuple(values.get(k) for k in key)
