@@ -220,3 +220,22 @@ def table_exists(uri: str, storage_options: Mapping[str, str] | None) -> bool:
     from deltalake import DeltaTable
 
     return bool(DeltaTable.is_deltatable(uri, storage_options=dict(storage_options or {})))
+
+
+def duckdb_rows(uri: str, storage_options: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every row of the table's current snapshot as dicts, read by DuckDB's delta extension."""
+    import duckdb
+    import duckdb_extensions
+
+    con = duckdb.connect()
+    try:
+        duckdb_extensions.import_extension("delta", con=con)
+        con.execute("SET TimeZone = 'UTC'")
+        if uri.startswith("s3://"):
+            duckdb_extensions.import_extension("httpfs", con=con)
+            con.execute(_duckdb_s3_secret(storage_options or {}))
+        cursor = con.execute("SELECT * FROM delta_scan(?)", [uri])
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        con.close()
