@@ -417,16 +417,18 @@ class TableHandle:
         return metric(metrics, "num_deleted_rows")
 
     def rows_where(self, columns: Sequence[str], keys: pa.Table) -> pa.Table:
-        """The snapshot's rows whose `keys.column_names` values are among `keys`' rows, `columns` only."""
-        import pyarrow.dataset as pads
-        from pyarrow import compute as pc
+        """The snapshot's rows whose `keys.column_names` values are among `keys`' rows, `columns` only.
 
+        Reads `columns` of every row and joins in memory: meant for small tables (tombstones). No
+        filter is pushed down: delta-rs's file statistics are typed `string` where its dataset reads
+        `string_view`, which pyarrow cannot compare.
+        """
         self.sync_delta_rs()
-        first = keys.column_names[0]
-        dataset = self._table.to_pyarrow_dataset()
-        found = dataset.to_table(columns=list(columns), filter=pads.field(first).isin(pc.unique(keys.column(first))))
-        return found.join(keys.group_by(keys.column_names).aggregate([]), keys.column_names, join_type="inner")
-
+        found = self._table.to_pyarrow_dataset().to_table(columns=list(columns))
+        found = pa.table({name: found.column(name).cast(keys.schema.field(name).type) if name in keys.column_names
+                          else found.column(name) for name in found.column_names})  # fmt: skip
+        distinct = keys.group_by(keys.column_names).aggregate([])
+        return found.join(distinct, keys.column_names, join_type="inner")
 
 def _is_plan_error(exc: BaseException) -> bool:
     """delta-rs's answer to SQL it cannot plan (a bad window predicate or column): nothing was written."""

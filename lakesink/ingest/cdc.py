@@ -27,20 +27,13 @@ import pyarrow as pa
 
 from lakesink.config import CommitInterval, Upsert
 from lakesink.crashpoints import crash_point
-from lakesink.errors import ConfigError, SourceContractViolation
+from lakesink.errors import ConcurrentWriterError, ConfigError, SourceContractViolation
 from lakesink.layout import mirror_table_uri, snapshot_app_id
 from lakesink.sink import Sink
-from lakesink.sources.pg_changes import (
-    DELETED_FLAG,
-    KEEP_PREFIX,
-    LSN_COLUMN,
-    ChangeAssembler,
-    TableChanges,
-    source_schema,
-)
+from lakesink.sources.pg_changes import LSN_COLUMN, ChangeAssembler, source_schema
 from lakesink.sources.pgoutput import decode
 from lakesink.sources.pgtypes import convert_strings
-from lakesink.sources.postgres import ChangeStream, PostgresSource, SourceTable, format_lsn
+from lakesink.sources.postgres import ChangeStream, PostgresSource, SlotState, SourceTable, format_lsn
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +177,7 @@ def _start(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> Ch
     """Set the tables up against the slot and start the stream where every table's changes continue."""
     mirrors = counters.mirrors
     held = {name: m.committed for name, m in mirrors.items() if m.committed is not None}
-    state = source.slot_state()
+    state = _slot_released(source)
     if state.confirmed_flush_lsn is None:
         if held:
             name, lsn = min(held.items(), key=lambda item: item[1])
@@ -218,6 +211,28 @@ def _start(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> Ch
             log.info("%s joined the publication: mirrored from %s on", name, format_lsn(start))
     log.info("streaming slot %s from %s", source.slot, format_lsn(start))
     return source.stream(start)
+
+
+def _slot_released(source: PostgresSource, *, wait: float = 15.0) -> SlotState:
+    """The slot's state once no other connection streams from it: after a crash, PostgreSQL holds the
+    slot for the dead connection until it notices (wal_sender_timeout); a second live copy of the
+    job holds it for good.
+
+    Raises:
+        ConcurrentWriterError: the slot stayed in use for `wait` seconds.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        state = source.slot_state()
+        if state.active_pid is None:
+            return state
+        if time.monotonic() >= deadline:
+            raise ConcurrentWriterError(
+                f"replication slot {source.slot!r} is in use by PostgreSQL backend {state.active_pid}: is another copy of "
+                "this job running? Run one copy per slot (rerun once it stops)."
+            )
+        log.info("slot %s is in use by backend %s; waiting for it to be released", source.slot, state.active_pid)
+        time.sleep(0.5)
 
 
 def _join_late(source: PostgresSource, mirror: _Mirror, position: int) -> None:
@@ -330,8 +345,8 @@ def _flush(assembler: ChangeAssembler, stream: ChangeStream, counters: _Counters
     for name, mirror in counters.mirrors.items():
         table_changes = changes.get(name)
         if table_changes is not None:
-            rows = table_changes.to_arrow()
-            result = mirror.sink.write(rows, position=position, mode=_upsert(table_changes, rows))
+            rows, mode = table_changes.batch()
+            result = mirror.sink.write(rows, position=position, mode=mode)
             mirror.idle_batches = 0
         elif mirror.committed is not None and mirror.committed < position:
             mirror.idle_batches += 1
@@ -357,14 +372,6 @@ def _acknowledge(stream: ChangeStream, counters: _Counters) -> None:
         lsn = min(h for h in held if h is not None)
         stream.acknowledge(lsn)
         counters.acknowledged = lsn
-
-
-def _upsert(changes: TableChanges, rows: pa.Table) -> Upsert:
-    keep = tuple((name[len(KEEP_PREFIX) :], name) for name in rows.column_names if name.startswith(KEEP_PREFIX))
-    return Upsert(
-        key=changes.table.key, order_by=LSN_COLUMN, delete_flag=DELETED_FLAG, keep_flags=keep,
-        truncate_before=changes.truncated_at,
-    )  # fmt: skip
 
 
 def cdc_status(

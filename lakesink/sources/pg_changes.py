@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from lakesink.config import Upsert
 from lakesink.errors import SourceContractViolation
 from lakesink.sources.pgoutput import (
     UNCHANGED,
@@ -100,6 +101,16 @@ class TableChanges:
             if any(kept) and name in arrays:
                 arrays[keep_flag(name)] = pa.array(kept, pa.bool_())
         return pa.table(arrays)
+
+
+    def batch(self) -> tuple[pa.Table, Upsert]:
+        """The changes as Arrow and the keyed write that applies them (ordered by `_lsn`)."""
+        rows = self.to_arrow()
+        keep = tuple((name[len(KEEP_PREFIX) :], name) for name in rows.column_names if name.startswith(KEEP_PREFIX))
+        mode = Upsert(
+            key=self.table.key, order_by=LSN_COLUMN, delete_flag=DELETED_FLAG, keep_flags=keep, truncate_before=self.truncated_at
+        )
+        return rows, mode
 
 
 class ChangeAssembler:
