@@ -45,6 +45,11 @@ def cdc_args(dsn: str, root: Path, *extra: str) -> list[str]:
             "--publication", "shop", *extra]  # fmt: skip
 
 
+def capture(dsn: str, root: Path, **options: Any) -> Any:
+    """`capture_changes` for the tests' job: app id shop, slot lakesink_shop, publication shop."""
+    return capture_changes(dsn, str(root), app_id="shop", slot="lakesink_shop", publication="shop", **options)
+
+
 def wait_for_slot(connection: Any, slot: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     with connection.cursor() as cursor:
@@ -109,12 +114,14 @@ def test_mirrors_equal_their_sources_after_random_kills(pg_database: str, tmp_pa
             except subprocess.TimeoutExpired:
                 run.send_signal(signal.SIGKILL)
                 run.wait()
-            out, err = run.communicate()
+            _, err = run.communicate()
             assert run.returncode in (-signal.SIGKILL, 75), f"exit {run.returncode}: {err[-2000:]}"
             kills += 1
     finally:
         producer.join()
-    final = subprocess.run(cdc_args(pg_database, root, "--until-idle", "3s", "--json"), capture_output=True, text=True, timeout=300)
+    final = subprocess.run(
+        cdc_args(pg_database, root, "--until-idle", "3s", "--json"), capture_output=True, text=True, timeout=300
+    )
     assert final.returncode == 0, final.stderr[-3000:]
     report = json.loads(final.stdout)
     assert report["ok"] and report["stopped"] == "idle"
@@ -159,10 +166,10 @@ def test_replaying_applied_changes_and_overlapping_snapshot_change_nothing(pg_da
     workload.seed_rows(40)
     root = tmp_path / "lake"
     # The snapshot is taken after the replay slot started: the replay overlaps the snapshot's rows.
-    capture_changes(pg_database, str(root), app_id="shop", slot="lakesink_shop", publication="shop", snapshot=True, until_idle=1.0)
+    capture(pg_database, root, snapshot=True, until_idle=1.0)
     for _ in range(150):
         workload.transaction()
-    capture_changes(pg_database, str(root), app_id="shop", slot="lakesink_shop", publication="shop", until_idle=1.5, interval=FAST)
+    capture(pg_database, root, until_idle=1.5, interval=FAST)
     assert_mirrors_equal_sources(connection, root)
     before = {t: sorted(map(repr, mirror_rows(str(root / t), None, "deltalake"))) for t in TABLES}
     assert replay_slot(pg_database, "replay", root, app_id="replayer") > 500
@@ -240,7 +247,7 @@ def test_truncate_a_transaction_larger_than_a_commit_and_a_new_column(pg_databas
     workload = Workload(connection, seed=6)
     workload.seed_rows(30)
     small = CommitInterval(rows=10, bytes=None, seconds=None)
-    capture_changes(pg_database, str(root), app_id="shop", slot="lakesink_shop", publication="shop", snapshot=True, until_idle=1.0)
+    capture(pg_database, root, snapshot=True, until_idle=1.0)
     with connection.cursor() as cursor:
         cursor.execute("BEGIN")
         cursor.execute("INSERT INTO orders SELECT g, 1, g * 1.5, 'bulk', current_date FROM generate_series(1000, 1999) g")
