@@ -8,6 +8,11 @@ Points, in the order a write reaches them:
     after_stage        Parquet files (and the source ledger) are on the store, nothing committed
     before_commit      about to send the commit
     after_commit       the commit landed; the process has not seen the answer's consequences yet
+
+`lakesink cdc` adds:
+    cdc_snapshot_table  a table's initial copy is committed, the next table's is not
+    cdc_between_tables  a batch is committed to some tables, not yet to the others
+    cdc_before_ack      every table committed the batch; PostgreSQL has not been told
 """
 
 from __future__ import annotations

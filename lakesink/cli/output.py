@@ -30,6 +30,7 @@ _FLAGS: Mapping[str, tuple[str, bool]] = {
     "older_than": ("--older-than", True),
     "storage_options": ("--storage-option", True),
     "schema": ("--schema", True),
+    "snapshot": ("--snapshot", False),
 }
 
 

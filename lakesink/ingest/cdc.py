@@ -192,12 +192,23 @@ def _start(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> Ch
             f"replication slot {source.slot!r} lost WAL it needed (wal_status 'lost', max_slot_wal_keep_size?): changes "
             f"after {format_lsn(state.confirmed_flush_lsn)} are gone. Nothing was written; re-sync with a new job and --snapshot."
         )
-    if not held:
-        # The slot exists but no table holds a position: a first run died before its tables were set up.
-        # Nothing was acknowledged, so starting over (a new slot, a new snapshot) loses nothing.
-        log.warning("slot %s exists but no table holds a position yet (a first run was stopped): starting over", source.slot)
+    missing = [name for name, mirror in mirrors.items() if mirror.committed is None]
+    if missing and snapshot:
+        # A first run stopped inside its snapshot (or a table joined the publication): copy every table
+        # again under a new slot's snapshot, whatever the old slot holds. Upserts at the new slot's LSN
+        # converge on the rows copied or streamed before, and the copy's last commit deletes the rows
+        # the source no longer holds.
+        log.warning("%s hold(s) no position yet: copying every table again under a new slot", ", ".join(missing))
         source.drop_slot()
-        return _new_slot(source, counters, snapshot=snapshot)
+        return _new_slot(source, counters, snapshot=True)
+    if not held:
+        # A first run without --snapshot stopped before its tables held the slot's start: nothing was
+        # acknowledged, so the slot still starts there.
+        held = {name: state.confirmed_flush_lsn for name in mirrors}
+        for mirror in mirrors.values():
+            mirror.sink.ensure_table(source_schema(mirror.source))
+            mirror.committed = mirror.sink.advance(state.confirmed_flush_lsn).committed_position
+        missing = []
     start = min(held.values())
     if state.confirmed_flush_lsn > start:
         raise SourceContractViolation(
@@ -205,10 +216,9 @@ def _start(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> Ch
             f"holds ({format_lsn(start)}): the changes in between are missing. Nothing was written. Was the slot used by "
             "another consumer? Re-sync with a new job and --snapshot."
         )
-    for name, mirror in mirrors.items():
-        if mirror.committed is None:
-            _join_late(source, mirror, start)
-            log.info("%s joined the publication: mirrored from %s on", name, format_lsn(start))
+    for name in missing:
+        _join_late(source, mirrors[name], start)
+        log.info("%s joined the publication: mirrored from %s on", name, format_lsn(start))
     log.info("streaming slot %s from %s", source.slot, format_lsn(start))
     return source.stream(start)
 
@@ -239,8 +249,10 @@ def _join_late(source: PostgresSource, mirror: _Mirror, position: int) -> None:
     table = mirror.source
     if source.has_rows(table):
         raise ConfigError(
-            f"{table.qualified} joined the publication after this job started and holds rows the slot cannot copy "
-            "consistently. Mirror it with a job of its own (its own --app-id, --slot and publication, --snapshot)."
+            f"{table.qualified} holds no position of this job but holds rows (it joined the publication later, or the "
+            "first run stopped before copying it): rerun with --snapshot, which copies every table again under a new "
+            "slot, or mirror it with a job of its own.",
+            options=("snapshot",),
         )
     mirror.sink.ensure_table(source_schema(table))
     mirror.committed = mirror.sink.advance(position).committed_position
@@ -258,6 +270,7 @@ def _new_slot(source: PostgresSource, counters: _Counters, *, snapshot: bool) ->
                 mirror.sink.advance(point)
             mirror.committed = point
             counters.commits += 1
+            crash_point("cdc_snapshot_table")
     except BaseException:
         created.close()
         raise
