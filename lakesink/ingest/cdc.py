@@ -42,6 +42,9 @@ DEFAULT_CDC_INTERVAL = CommitInterval(rows=200_000, bytes=64 << 20, seconds=5.0)
 # A table the stream brings nothing for gets its position moved alone once in this many batches,
 # so the WAL PostgreSQL keeps for the job does not grow behind a quiet table.
 IDLE_ADVANCE_EVERY = 10
+# Tombstones below the acknowledged LSN can no longer meet an older change from the slot (PostgreSQL
+# never sends what was acknowledged again); forget them once in this many batches.
+TOMBSTONE_PRUNE_EVERY = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,7 @@ class _Counters:
     commits: int = 0
     snapshot_rows: int = 0
     acknowledged: int | None = None
+    batches: int = 0
     options: dict[str, str] = field(default_factory=dict)
     mirrors: dict[str, _Mirror] = field(default_factory=dict)
 
@@ -377,6 +381,10 @@ def _flush(assembler: ChangeAssembler, stream: ChangeStream, counters: _Counters
     counters.transactions += transactions
     crash_point("cdc_before_ack")
     _acknowledge(stream, counters)
+    counters.batches += 1
+    if counters.batches % TOMBSTONE_PRUNE_EVERY == 0 and counters.acknowledged is not None:
+        for mirror in counters.mirrors.values():
+            mirror.sink.prune_tombstones(below=counters.acknowledged)
 
 
 def _acknowledge(stream: ChangeStream, counters: _Counters) -> None:

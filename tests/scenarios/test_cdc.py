@@ -301,3 +301,26 @@ def test_unchanged_toast_values_are_kept_with_either_replica_identity(pg_databas
     capture_changes(pg_database, str(root), app_id="shop", slot="lakesink_shop", publication="shop", until_idle=0.5)
     rows = mirror_rows(str(root / "accounts"), None, "deltalake")
     assert len(rows) == 1 and rows[0]["note"] == note and str(rows[0]["balance"]) == "3.00"
+
+
+def test_sigterm_stops_at_a_commit_boundary_with_exit_0(pg_database: str, tmp_path: Path) -> None:
+    connection = connect(pg_database)
+    with connection.cursor() as cursor:
+        cursor.execute(SCHEMA)
+    workload = Workload(connection, seed=12)
+    workload.seed_rows(20)
+    root = tmp_path / "lake"
+    run = subprocess.Popen(
+        cdc_args(pg_database, root, "--snapshot", "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_slot(connection, "lakesink_shop")
+    for _ in range(60):
+        workload.transaction()
+    time.sleep(1.0)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err[-2000:]
+    report = json.loads(out)
+    assert report["stopped"] == "signal" and report["snapshot_rows"] == 20
+    capture(pg_database, root, until_idle=1.0)
+    assert_mirrors_equal_sources(connection, root)

@@ -11,6 +11,7 @@ import pytest
 
 from lakesink.config import Dedup, Upsert
 from lakesink.errors import BadRecord, ConfigError
+from lakesink.layout import tombstone_table_uri
 from lakesink.sink import Sink
 from tests.support.checks import query_duckdb, read_column_deltalake, table_exists
 
@@ -178,3 +179,15 @@ def test_a_truncate_deletes_older_rows_the_batch_does_not_touch(tmp_path: Any) -
         sink.write(changes((3, 5, "after", False, False)), position=5, mode=truncated)
         assert sink.advance(9).status == "committed" and sink.committed_position() == 9
     assert both_readers(uri, {}) == {3: (5, "after")}
+
+
+def test_pruned_tombstones_are_gone_and_the_rest_still_guard(tmp_path: Any) -> None:
+    uri = str(tmp_path / "t")
+    with Sink(uri, app_id="cdc") as sink:
+        sink.write(changes((1, 1, "a", False, False), (2, 1, "b", False, False)), position=1, mode=UPSERT)
+        sink.write(changes((1, 5, None, True, False)), position=5, mode=UPSERT)
+        sink.write(changes((2, 9, None, True, False)), position=9, mode=UPSERT)
+        assert sink.prune_tombstones(below=6) == 1  # id 1's delete (5) goes, id 2's (9) stays
+        sink.write(changes((2, 1, "b", False, False)), position=10, mode=UPSERT)  # older than id 2's delete
+    assert both_readers(uri, {}) == {}
+    assert sorted(r["id"] for r in read_column_deltalake(tombstone_table_uri(uri), {}, ["id"])) == [2]  # type: ignore[type-var]
