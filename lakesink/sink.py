@@ -36,7 +36,7 @@ from lakesink.storage.uri import normalize_table_uri
 from lakesink.write.changes import check_columns, deletes, first_row_per_key, last_change_per_key, without_outdated
 from lakesink.write.convert import to_arrow
 from lakesink.write.partitions import check_partition_columns
-from lakesink.write.schema import fit
+from lakesink.write.schema import Fitted, fit
 from lakesink.write.stage import stage_batch
 from lakesink.write.stats import StatsColumns
 
@@ -176,14 +176,7 @@ class Sink:
         arrow = to_arrow(data)
         if mode is not None:
             return self._write_keyed(arrow, mode, position=position, previous=previous)
-        handle = self._handle
-        fitted = fit(arrow, handle.arrow_schema() if handle else None, evolve=self._evolve)
-        if handle is None:
-            handle = self.ensure_table(fitted.table.schema)
-            # A concurrent creator may have made the table with another schema: fit against it.
-            fitted = fit(arrow, handle.arrow_schema(), evolve=self._evolve)
-        if fitted.new_fields:
-            add_columns(handle, fitted.new_fields)
+        handle, fitted = self._fit_to_table(arrow)
         partition_by = handle.partition_columns()
         stats = StatsColumns.of_table(handle.configuration())
         existing: list[tuple[str, bytes]] = []
@@ -205,6 +198,18 @@ class Sink:
             previous=previous,
         )  # fmt: skip
 
+    def _fit_to_table(self, data: pa.Table) -> tuple[TableHandle, Fitted]:
+        """The table (created for `data` if there is none) and `data` fitted to it, new columns added."""
+        handle = self._handle
+        fitted = fit(data, handle.arrow_schema() if handle else None, evolve=self._evolve)
+        if handle is None:
+            handle = self.ensure_table(fitted.table.schema)
+            # A concurrent creator may have made the table with another schema: fit against it.
+            fitted = fit(data, handle.arrow_schema(), evolve=self._evolve)
+        if fitted.new_fields:
+            add_columns(handle, fitted.new_fields)
+        return handle, fitted
+
     def _write_keyed(
         self, data: pa.Table, mode: Upsert | Dedup, *, position: int, previous: int | AnyPrevious | None
     ) -> WriteResult:
@@ -212,13 +217,7 @@ class Sink:
         flags = mode.flag_columns if isinstance(mode, Upsert) else ()
         batch = last_change_per_key(data, mode) if isinstance(mode, Upsert) else first_row_per_key(data, mode.key)
         values = batch.drop_columns(list(flags))
-        handle = self._handle
-        fitted = fit(values, handle.arrow_schema() if handle else None, evolve=self._evolve)
-        if handle is None:
-            handle = self.ensure_table(fitted.table.schema)
-            fitted = fit(values, handle.arrow_schema(), evolve=self._evolve)
-        if fitted.new_fields:
-            add_columns(handle, fitted.new_fields)
+        handle, fitted = self._fit_to_table(values)
         source = fitted.table.select(values.column_names)
         for flag in flags:
             source = source.append_column(flag, batch.column(flag))
