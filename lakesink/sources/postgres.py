@@ -87,10 +87,17 @@ def _connect(dsn: str, *, replication: bool = False) -> Any:
         # UTC: pgoutput and COPY write timestamptz values in the session's time zone.
         connection = psycopg2.connect(dsn, connection_factory=factory, options="-c TimeZone=UTC -c DateStyle=ISO")
     except psycopg2.OperationalError as exc:
-        raise StorageUnavailable(f"cannot connect to PostgreSQL: {_one_line(exc)}. Check the DSN and the server.") from None
+        text = _one_line(exc)
+        if any(refusal in text for refusal in _REFUSALS):
+            raise ConfigError(f"PostgreSQL refused the connection: {text}. Fix the DSN, the role or pg_hba.conf.") from None
+        raise StorageUnavailable(f"cannot connect to PostgreSQL: {text}. Check the DSN and that the server runs.") from None
     if not replication:
         connection.autocommit = True
     return connection
+
+
+# What a retry cannot fix: the server answered and said no.
+_REFUSALS = ("does not exist", "authentication failed", "no pg_hba.conf entry", "permission denied", "must be superuser")
 
 
 def _one_line(exc: BaseException) -> str:

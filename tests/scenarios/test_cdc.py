@@ -324,3 +324,13 @@ def test_sigterm_stops_at_a_commit_boundary_with_exit_0(pg_database: str, tmp_pa
     assert report["stopped"] == "signal" and report["snapshot_rows"] == 20
     capture(pg_database, root, until_idle=1.0)
     assert_mirrors_equal_sources(connection, root)
+
+
+def test_a_refused_connection_is_terminal_and_never_shows_the_password(postgres: Any, tmp_path: Path) -> None:
+    dsn = f"host=127.0.0.1 port={postgres.port} user=postgres password=CANARY-s3cr3t dbname=no_such_database"
+    args = cdc_args(dsn, tmp_path / "lake")
+    args.insert(3, "-v")  # lakesink -v cdc ...: the log too must not show it
+    run = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert "no_such_database" in run.stderr and "does not exist" in run.stderr
+    assert "CANARY" not in run.stderr + run.stdout
