@@ -334,3 +334,48 @@ def test_a_refused_connection_is_terminal_and_never_shows_the_password(postgres:
     assert run.returncode == 1, run.stderr
     assert "no_such_database" in run.stderr and "does not exist" in run.stderr
     assert "CANARY" not in run.stderr + run.stdout
+
+
+def test_on_s3_lost_commit_answers_and_a_timed_out_store_lose_and_duplicate_nothing(
+    pg_database: str, moto_server: Any, s3_bucket: str
+) -> None:
+    """The mirrors on (moto) S3 behind the fault proxy: merge commits whose answers are lost after they
+    were applied, 503 bursts, and a log write black-holed until the client times out."""
+    from tests.support.fault_proxy import DELTA_LOG_ENTRY, FaultProxy
+
+    connection = connect(pg_database)
+    with connection.cursor() as cursor:
+        cursor.execute(SCHEMA)
+    workload = Workload(connection, seed=21)
+    workload.seed_rows(30)
+    root = f"s3://{s3_bucket}/shop"
+    with FaultProxy(moto_server.endpoint) as proxy:
+        options = {**moto_server.storage_options(), "AWS_ENDPOINT_URL": proxy.endpoint, "timeout": "2s",
+                   "retry_timeout": "3s", "max_retries": "2"}  # fmt: skip
+        capture_changes(pg_database, root, app_id="shop", slot="lakesink_shop", publication="shop", snapshot=True,
+                        until_idle=1.0, storage_options=options)  # fmt: skip
+        for round_ in range(3):
+            for _ in range(40):
+                workload.transaction()
+            if round_ == 0:
+                proxy.drop_response_after_apply(DELTA_LOG_ENTRY, times=2)
+            elif round_ == 1:
+                proxy.slow_down(".", method="PUT", times=6)
+            else:
+                proxy.black_hole(DELTA_LOG_ENTRY, method="PUT", times=1)
+            for _attempt in range(5):
+                try:
+                    capture_changes(pg_database, root, app_id="shop", slot="lakesink_shop", publication="shop",
+                                    until_idle=1.0, storage_options=options, interval=FAST)  # fmt: skip
+                    break
+                except Exception as exc:  # noqa: BLE001 - a transient error is the promise: rerun as is
+                    assert getattr(exc, "retryable", False), exc
+            else:
+                raise AssertionError("the rerun never finished")
+            assert not proxy.armed()
+        s3 = moto_server.storage_options()
+        for table, key in TABLES.items():
+            source = source_rows(connection, table)
+            for reader in ("deltalake", "duckdb"):
+                found = differences(source, mirror_rows(f"{root}/{table}", s3, reader), key)
+                assert not any(found.values()), f"{table} read by {reader}: {found}"
