@@ -169,6 +169,12 @@ def mirror_table_uri(root_uri: str, schema: str, table: str) -> str:
     return f"{root_uri.rstrip('/')}/{quote(name, safe='.-_')}"
 
 
+def changelog_table_uri(root_uri: str, schema: str, table: str) -> str:
+    """Where `lakesink cdc --changelog` appends every change of `schema.table`: beside its mirror,
+    `<mirror>_changes`."""
+    return f"{mirror_table_uri(root_uri, schema, table)}_changes"
+
+
 def snapshot_app_id(app_id: str, consistent_point: int) -> str:
     """The app id of the chunks of an initial snapshot taken at `consistent_point` (a new one per attempt)."""
     return f"{app_id}/snapshot/{consistent_point}"

@@ -36,6 +36,10 @@ from lakesink.config import parse_duration
 )  # fmt: skip
 @click.option("--evolve-schema", is_flag=True, help="A column added on the source is added to the table instead of failing.")
 @click.option(
+    "--changelog", is_flag=True,
+    help="Also append every change to ROOT/<table>_changes (its columns, _op, _lsn, _commit_time), exactly once: history.",
+)  # fmt: skip
+@click.option(
     "--status", "status_only", is_flag=True, help="Only show each table's committed LSN and the slot's lag; change nothing."
 )
 @click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=STORAGE_HELP)
@@ -50,6 +54,7 @@ def cdc_command(
     until_idle: str | None,
     commit_interval: str,
     evolve_schema: bool,
+    changelog: bool,
     status_only: bool,
     storage_pairs: tuple[str, ...],
     as_json: bool,
@@ -100,7 +105,7 @@ def cdc_command(
     try:
         report = capture_changes(
             dsn, root, app_id=app_id, slot=slot, publication=publication, snapshot=snapshot, until_idle=idle,
-            interval=interval, storage_options=options, evolve_schema=evolve_schema, stop=stop,
+            interval=interval, storage_options=options, evolve_schema=evolve_schema, changelog=changelog, stop=stop,
             progress=None if as_json else _progress,
         )  # fmt: skip
     except LakesinkError as exc:

@@ -28,9 +28,9 @@ import pyarrow as pa
 from lakesink.config import CommitInterval, Upsert
 from lakesink.crashpoints import crash_point
 from lakesink.errors import ConcurrentWriterError, ConfigError, SourceContractViolation
-from lakesink.layout import mirror_table_uri, snapshot_app_id
+from lakesink.layout import changelog_table_uri, mirror_table_uri, snapshot_app_id
 from lakesink.sink import Sink
-from lakesink.sources.pg_changes import LSN_COLUMN, ChangeAssembler, source_schema
+from lakesink.sources.pg_changes import LSN_COLUMN, ChangeAssembler, TableChanges, changelog_schema, source_schema
 from lakesink.sources.pgoutput import decode
 from lakesink.sources.pgtypes import convert_strings
 from lakesink.sources.postgres import ChangeStream, PostgresSource, SlotState, SourceTable, format_lsn
@@ -92,10 +92,47 @@ def _lsn_text(lsn: int | None) -> str | None:
 
 @dataclass
 class _Mirror:
+    """One source table's Delta table (and change log, when asked for) and the position they both hold."""
+
     source: SourceTable
     sink: Sink
-    committed: int | None
+    changelog: Sink | None = None
+    committed: int | None = None
     idle_batches: int = 0
+
+    def __post_init__(self) -> None:
+        self.committed = self.held()
+
+    def held(self) -> int | None:
+        """The position every table of this source table holds (None: one of them holds none)."""
+        positions = [s.committed_position() for s in self.sinks()]
+        return None if None in positions else min(p for p in positions if p is not None)
+
+    def sinks(self) -> list[Sink]:
+        return [self.sink] if self.changelog is None else [self.sink, self.changelog]
+
+    def set_up(self, position: int) -> None:
+        """Create the tables that do not exist yet, and commit `position` (no rows) where it is not held."""
+        self.sink.ensure_table(source_schema(self.source))
+        if self.changelog is not None:
+            self.changelog.ensure_table(changelog_schema(self.source))
+        self.advance(position)
+
+    def advance(self, position: int) -> int:
+        """Commit `position` with no rows on every table below it; how many commits that took."""
+        results = [s.advance(position) for s in self.sinks() if (s.committed_position() or -1) < position]
+        self.committed = self.held()
+        return sum(r.committed for r in results)
+
+    def apply(self, changes: TableChanges, position: int) -> int:
+        """Append the changes to the change log and merge them into the mirror; how many commits that took."""
+        commits = 0
+        if self.changelog is not None:
+            commits += self.changelog.write(changes.change_log(), position=position).committed
+        rows, mode = changes.batch()
+        commits += self.sink.write(rows, position=position, mode=mode).committed
+        self.committed = self.held()
+        return commits
 
 
 @dataclass
@@ -122,13 +159,16 @@ def capture_changes(
     interval: CommitInterval = DEFAULT_CDC_INTERVAL,
     storage_options: Mapping[str, str] | None = None,
     evolve_schema: bool = False,
+    changelog: bool = False,
     stop: threading.Event | None = None,
     max_transactions: int | None = None,
     progress: Callable[[CdcReport], None] | None = None,
 ) -> CdcReport:
     """Stream the publication's changes into Delta tables under `root_uri` until `stop` is set, no
     message came for `until_idle` seconds, or `max_transactions` were applied; every stop is at a
-    commit boundary. The slot is created if missing (the publication is the DBA's).
+    commit boundary. The slot is created if missing (the publication is the DBA's). With `changelog`,
+    every change is also appended to `<table>_changes` (its columns, `_op`, `_lsn`, `_commit_time`),
+    exactly once, from the position the mirror holds when it is first asked for.
 
     Raises:
         SourceContractViolation: the slot was dropped, or its WAL removed, while the tables hold
@@ -148,7 +188,11 @@ def capture_changes(
         for table in tables:
             sink = Sink(mirror_table_uri(root_uri, table.schema, table.name), app_id=app_id, storage_options=options,
                         evolve_schema=evolve_schema)  # fmt: skip
-            counters.mirrors[table.qualified] = _Mirror(table, sink, sink.committed_position())
+            log_sink = None
+            if changelog:
+                log_sink = Sink(changelog_table_uri(root_uri, table.schema, table.name), app_id=app_id,
+                                storage_options=options, evolve_schema=evolve_schema)  # fmt: skip
+            counters.mirrors[table.qualified] = _Mirror(table, sink, log_sink)
         stream = _start(source, counters, snapshot=snapshot)
         try:
             stopped = _run(
@@ -180,7 +224,7 @@ def _report(counters: _Counters, *, app_id: str, slot: str, stopped: str, starte
 def _start(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> ChangeStream:
     """Set the tables up against the slot and start the stream where every table's changes continue."""
     mirrors = counters.mirrors
-    held = {name: m.committed for name, m in mirrors.items() if m.committed is not None}
+    held = {name: p for name, m in mirrors.items() if (p := m.sink.committed_position()) is not None}
     state = _slot_released(source)
     if state.confirmed_flush_lsn is None:
         if held:
@@ -196,7 +240,7 @@ def _start(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> Ch
             f"replication slot {source.slot!r} lost WAL it needed (wal_status 'lost', max_slot_wal_keep_size?): changes "
             f"after {format_lsn(state.confirmed_flush_lsn)} are gone. Nothing was written; re-sync with a new job and --snapshot."
         )
-    missing = [name for name, mirror in mirrors.items() if mirror.committed is None]
+    missing = [name for name, mirror in mirrors.items() if mirror.sink.committed_position() is None]
     if missing and snapshot:
         # A first run stopped inside its snapshot (or a table joined the publication): copy every table
         # again under a new slot's snapshot, whatever the old slot holds. Upserts at the new slot's LSN
@@ -210,8 +254,7 @@ def _start(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> Ch
         # acknowledged, so the slot still starts there.
         held = {name: state.confirmed_flush_lsn for name in mirrors}
         for mirror in mirrors.values():
-            mirror.sink.ensure_table(source_schema(mirror.source))
-            mirror.committed = mirror.sink.advance(state.confirmed_flush_lsn).committed_position
+            mirror.set_up(state.confirmed_flush_lsn)
         missing = []
     start = min(held.values())
     if state.confirmed_flush_lsn > start:
@@ -223,6 +266,9 @@ def _start(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> Ch
     for name in missing:
         _join_late(source, mirrors[name], start)
         log.info("%s joined the publication: mirrored from %s on", name, format_lsn(start))
+    for mirror in mirrors.values():
+        if mirror.changelog is not None and mirror.changelog.committed_position() is None:
+            mirror.set_up(mirror.sink.committed_position() or start)  # a change log asked for later starts now
     log.info("streaming slot %s from %s", source.slot, format_lsn(start))
     return source.stream(start)
 
@@ -258,8 +304,7 @@ def _join_late(source: PostgresSource, mirror: _Mirror, position: int) -> None:
             "slot, or mirror it with a job of its own.",
             options=("snapshot",),
         )
-    mirror.sink.ensure_table(source_schema(table))
-    mirror.committed = mirror.sink.advance(position).committed_position
+    mirror.set_up(position)
 
 
 def _new_slot(source: PostgresSource, counters: _Counters, *, snapshot: bool) -> ChangeStream:
@@ -269,10 +314,7 @@ def _new_slot(source: PostgresSource, counters: _Counters, *, snapshot: bool) ->
         for mirror in counters.mirrors.values():
             if snapshot:
                 counters.snapshot_rows += _copy(source, mirror, created.snapshot, point, counters.options)
-            else:
-                mirror.sink.ensure_table(source_schema(mirror.source))
-                mirror.sink.advance(point)
-            mirror.committed = point
+            mirror.set_up(point)
             counters.commits += 1
             crash_point("cdc_snapshot_table")
     except BaseException:
@@ -362,22 +404,18 @@ def _flush(assembler: ChangeAssembler, stream: ChangeStream, counters: _Counters
     for name, mirror in counters.mirrors.items():
         table_changes = changes.get(name)
         if table_changes is not None:
-            rows, mode = table_changes.batch()
-            result = mirror.sink.write(rows, position=position, mode=mode)
+            counters.commits += mirror.apply(table_changes, position)
+            counters.changes += table_changes.rows
             mirror.idle_batches = 0
         elif mirror.committed is not None and mirror.committed < position:
             mirror.idle_batches += 1
             if not final and mirror.idle_batches < IDLE_ADVANCE_EVERY:
                 continue
-            result = mirror.sink.advance(position)
+            counters.commits += mirror.advance(position)
             mirror.idle_batches = 0
         else:
             continue
         crash_point("cdc_between_tables")
-        if result.committed:
-            counters.commits += 1
-        mirror.committed = result.committed_position
-        counters.changes += table_changes.rows if table_changes is not None else 0
     counters.transactions += transactions
     crash_point("cdc_before_ack")
     _acknowledge(stream, counters)

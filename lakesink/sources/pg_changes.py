@@ -33,6 +33,10 @@ from lakesink.sources.pgtypes import arrow_type, to_arrow_array
 from lakesink.sources.postgres import SourceColumn, SourceTable, format_lsn
 
 LSN_COLUMN = "_lsn"
+OP_COLUMN = "_op"
+"""In the change log: insert, update, delete or truncate."""
+COMMIT_TIME_COLUMN = "_commit_time"
+"""In the change log: when the source transaction committed (UTC)."""
 DELETED_FLAG = "__lakesink_deleted"
 KEEP_PREFIX = "__lakesink_keep."
 
@@ -43,33 +47,37 @@ def keep_flag(column: str) -> str:
 
 @dataclass
 class TableChanges:
-    """The changes of one source table in the batch being gathered, column by column (text)."""
+    """The changes of one source table in the batch being gathered, column by column (text), in
+    stream order; a TRUNCATE is a row of its own (op "truncate", no values)."""
 
     table: SourceTable
     columns: dict[str, SourceColumn]
     values: dict[str, list[str | None]] = field(default_factory=dict)
     kept: dict[str, list[bool]] = field(default_factory=dict)
     lsns: list[int] = field(default_factory=list)
-    deleted: list[bool] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+    commit_times: list[int] = field(default_factory=list)
     truncated_at: int | None = None
+    after_truncate: int = 0  # the first row after the last TRUNCATE
     bytes: int = 0
 
     @property
     def rows(self) -> int:
         return len(self.lsns)
 
-    def add(self, names: tuple[str, ...], row: tuple[Value, ...], *, lsn: int, delete: bool) -> None:
+    def add(self, names: tuple[str, ...], row: tuple[Value, ...], *, lsn: int, op: str, commit_us: int) -> None:
         n = self.rows
         carried = set()
+        delete = op == "delete"
         for name, value in zip(names, row, strict=True):
             column = self.values.get(name)
             if column is None:
                 column = self.values[name] = [None] * n
                 self.kept[name] = [True] * n  # rows before the column appeared did not carry it
             keep = value is UNCHANGED or (delete and name not in self.table.key)
-            column.append(None if keep or value is None else str(value))
+            column.append(None if value is UNCHANGED or value is None else str(value))
             self.kept[name].append(keep)
-            if not keep and value is not None:
+            if value is not None and value is not UNCHANGED:
                 self.bytes += len(column[-1])  # type: ignore[arg-type]
             carried.add(name)
         for name, column in self.values.items():
@@ -77,40 +85,55 @@ class TableChanges:
                 column.append(None)
                 self.kept[name].append(True)
         self.lsns.append(lsn)
-        self.deleted.append(delete)
-        self.bytes += 16
+        self.ops.append(op)
+        self.commit_times.append(commit_us)
+        self.bytes += 24
 
-    def truncate(self, lsn: int) -> None:
-        """A TRUNCATE at `lsn`: every change gathered so far is older, and void."""
-        self.values, self.kept, self.lsns, self.deleted = {}, {}, [], []
+    def truncate(self, lsn: int, *, commit_us: int) -> None:
+        """A TRUNCATE at `lsn`: every change gathered before it is void for the mirror."""
+        self.add((), (), lsn=lsn, op="truncate", commit_us=commit_us)
         self.truncated_at = lsn
+        self.after_truncate = self.rows
 
     def to_arrow(self) -> pa.Table:
-        """The changes as Arrow: source columns (typed), `_lsn`, the delete flag, keep flags where needed."""
+        """Every change as Arrow: source columns (typed), `_lsn`, op, commit time, delete and keep flags."""
         arrays: dict[str, pa.Array] = {}
         for name, column in self.columns.items():
             if name in self.values:
                 arrays[name] = to_arrow_array(
                     self.values[name], column.type_oid, column.type_modifier, column=name, table=self.table.qualified
                 )
-            elif not self.lsns:  # a TRUNCATE and nothing after it: the merge still joins on the key
-                arrays[name] = pa.array([], arrow_type(column.type_oid, column.type_modifier))
+            else:  # no change carried the column (only TRUNCATEs): the merge still joins on the key
+                arrays[name] = pa.nulls(self.rows, arrow_type(column.type_oid, column.type_modifier))
         arrays[LSN_COLUMN] = pa.array(self.lsns, pa.int64())
-        arrays[DELETED_FLAG] = pa.array(self.deleted, pa.bool_())
+        arrays[OP_COLUMN] = pa.array(self.ops, pa.string())
+        arrays[COMMIT_TIME_COLUMN] = pa.array(self.commit_times, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        arrays[DELETED_FLAG] = pa.array([op == "delete" for op in self.ops], pa.bool_())
         for name, kept in self.kept.items():
-            if any(kept) and name in arrays:
+            if any(kept[self.after_truncate :]) and name in arrays:
                 arrays[keep_flag(name)] = pa.array(kept, pa.bool_())
         return pa.table(arrays)
 
-
     def batch(self) -> tuple[pa.Table, Upsert]:
-        """The changes as Arrow and the keyed write that applies them (ordered by `_lsn`)."""
-        rows = self.to_arrow()
+        """The changes since the last TRUNCATE as Arrow, and the keyed write that applies them (by `_lsn`)."""
+        rows = self.to_arrow().slice(self.after_truncate).drop_columns([OP_COLUMN, COMMIT_TIME_COLUMN])
         keep = tuple((name[len(KEEP_PREFIX) :], name) for name in rows.column_names if name.startswith(KEEP_PREFIX))
         mode = Upsert(
             key=self.table.key, order_by=LSN_COLUMN, delete_flag=DELETED_FLAG, keep_flags=keep, truncate_before=self.truncated_at
         )
         return rows, mode
+
+    def change_log(self) -> pa.Table:
+        """Every change, TRUNCATEs included, as rows of the change-log table (changelog_schema)."""
+        rows = self.to_arrow()
+        return rows.select([*self.columns, OP_COLUMN, LSN_COLUMN, COMMIT_TIME_COLUMN])
+
+
+def changelog_schema(table: SourceTable) -> pa.Schema:
+    """The change log of `table`: its columns, then `_op`, `_lsn` and `_commit_time`."""
+    fields = [pa.field(c.name, arrow_type(c.type_oid, c.type_modifier)) for c in table.columns]
+    when = pa.field(COMMIT_TIME_COLUMN, pa.timestamp("us", tz="UTC"))
+    return pa.schema([*fields, pa.field(OP_COLUMN, pa.string()), pa.field(LSN_COLUMN, pa.int64()), when])
 
 
 class ChangeAssembler:
@@ -127,6 +150,7 @@ class ChangeAssembler:
         self._relations: dict[int, tuple[SourceTable, tuple[str, ...], dict[str, SourceColumn]]] = {}
         self._changes: dict[str, TableChanges] = {}
         self._lsn: int | None = None  # the open transaction's commit LSN
+        self._commit_us = 0
         self.position: int | None = None  # the commit LSN of the last whole transaction gathered
         self.transactions = 0
         self.rows = 0
@@ -147,6 +171,7 @@ class ChangeAssembler:
         """
         if isinstance(message, Begin):
             self._lsn = message.final_lsn
+            self._commit_us = message.commit_time_us
         elif isinstance(message, Commit):
             if self._lsn is not None:
                 self.position = message.commit_lsn
@@ -170,7 +195,7 @@ class ChangeAssembler:
             for oid in message.relation_oids:
                 target = self._gather(oid)
                 if target is not None:
-                    target.truncate(self._open_lsn())
+                    target.truncate(self._open_lsn(), commit_us=self._commit_us)
 
     def _open_lsn(self) -> int:
         if self._lsn is None:
@@ -199,14 +224,16 @@ class ChangeAssembler:
         lsn = self._open_lsn()
         _, names, _ = self._relations[message.relation_oid]
         key = changes.table.key
+        at = self._commit_us
         if isinstance(message, Insert):
-            changes.add(names, message.new, lsn=lsn, delete=False)
+            changes.add(names, message.new, lsn=lsn, op="insert", commit_us=at)
         elif isinstance(message, Delete):
-            changes.add(names, message.old, lsn=lsn, delete=True)
+            changes.add(names, message.old, lsn=lsn, op="delete", commit_us=at)
+        elif message.old is not None and _key_of(names, message.old, key) != _key_of(names, message.new, key):
+            changes.add(names, message.old, lsn=lsn, op="delete", commit_us=at)
+            changes.add(names, message.new, lsn=lsn, op="insert", commit_us=at)
         else:
-            if message.old is not None and _key_of(names, message.old, key) != _key_of(names, message.new, key):
-                changes.add(names, message.old, lsn=lsn, delete=True)
-            changes.add(names, message.new, lsn=lsn, delete=False)
+            changes.add(names, message.new, lsn=lsn, op="update", commit_us=at)
         self.rows += 1
 
     def take(self) -> tuple[int | None, dict[str, TableChanges]]:

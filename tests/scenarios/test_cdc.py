@@ -379,3 +379,54 @@ def test_on_s3_lost_commit_answers_and_a_timed_out_store_lose_and_duplicate_noth
             for reader in ("deltalake", "duckdb"):
                 found = differences(source, mirror_rows(f"{root}/{table}", s3, reader), key)
                 assert not any(found.values()), f"{table} read by {reader}: {found}"
+
+
+def test_the_change_log_holds_every_change_exactly_once_across_kills(pg_database: str, tmp_path: Path) -> None:
+    """`--changelog`: each change of the stream is one row of `<table>_changes` (key, op, LSN), however
+    often the job was killed; compared with every change a second slot saw."""
+    from deltalake import DeltaTable
+
+    rng = random.Random(31)
+    connection = connect(pg_database)
+    with connection.cursor() as cursor:
+        cursor.execute(SCHEMA)
+        cursor.execute("SELECT pg_create_logical_replication_slot('witness', 'pgoutput')")
+    workload = Workload(connection, seed=32)
+    root = tmp_path / "lake"
+    first = subprocess.Popen(cdc_args(pg_database, root, "--changelog"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_slot(connection, "lakesink_shop")  # the job's slot exists: from here on every change must be logged
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    for round_ in range(6):
+        for _ in range(40):
+            workload.transaction()
+        point = rng.choice(["cdc_between_tables", "cdc_before_ack", "after_commit:2", None])
+        env = {**os.environ, **({"LAKESINK_CRASH_AT": point} if point else {})}
+        run = subprocess.run([*cdc_args(pg_database, root, "--changelog", "--commit-interval", "60rows,200ms"), "--until-idle",
+                              "1s"], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode in (0, -signal.SIGKILL), (round_, point, run.stderr[-2000:])
+    final = subprocess.run([*cdc_args(pg_database, root, "--changelog"), "--until-idle", "1s"], capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert_mirrors_equal_sources(connection, root)
+
+    source = PostgresSource(pg_database, slot="witness", publication="shop")
+    tables = {t.name: t for t in source.tables()}
+    peeked = source.query(
+        "SELECT data FROM pg_logical_slot_peek_binary_changes('witness', NULL, NULL, 'proto_version', '1', "
+        "'publication_names', 'shop')"
+    )
+    source.close()
+    assembler = ChangeAssembler(tables.values(), {})
+    for (payload,) in peeked:
+        assembler.feed(decode(bytes(payload)))
+    _, seen = assembler.take()
+    for name, key in TABLES.items():
+        expected = seen[f"public.{name}"].change_log()
+        logged = DeltaTable(str(root / f"{name}_changes")).to_pyarrow_dataset().to_table()
+        assert len(expected) > 50
+        assert key_op_lsn(logged, key) == key_op_lsn(expected, key), name
+
+
+def key_op_lsn(table: Any, key: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    columns = [table.column(c).to_pylist() for c in (*key, "_op", "_lsn")]
+    return sorted(zip(*columns, strict=True), key=repr)
