@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakesink.config import Upsert
 from lakesink.errors import SourceContractViolation
@@ -45,40 +46,52 @@ def keep_flag(column: str) -> str:
     return f"{KEEP_PREFIX}{column}"
 
 
+CHUNK_BYTES = 16 << 20
+"""Text gathered for one table before it is converted to an Arrow chunk: Python strings cost several
+times their Arrow size, so a large transaction is held as Arrow, not as text."""
+
+
 @dataclass
 class TableChanges:
-    """The changes of one source table in the batch being gathered, column by column (text), in
-    stream order; a TRUNCATE is a row of its own (op "truncate", no values)."""
+    """The changes of one source table in the batch being gathered, in stream order: Arrow chunks,
+    then the latest changes as text column by column. A TRUNCATE is a row of its own (op "truncate",
+    no values)."""
 
     table: SourceTable
     columns: dict[str, SourceColumn]
+    chunk_bytes: int = field(default_factory=lambda: CHUNK_BYTES)
     values: dict[str, list[str | None]] = field(default_factory=dict)
     kept: dict[str, list[bool]] = field(default_factory=dict)
     lsns: list[int] = field(default_factory=list)
     ops: list[str] = field(default_factory=list)
     commit_times: list[int] = field(default_factory=list)
+    chunks: list[pa.Table] = field(default_factory=list)
     truncated_at: int | None = None
     after_truncate: int = 0  # the first row after the last TRUNCATE
     bytes: int = 0
+    _text_bytes: int = 0
+    _sealed_rows: int = 0
 
     @property
     def rows(self) -> int:
-        return len(self.lsns)
+        return self._sealed_rows + len(self.lsns)
 
     def add(self, names: tuple[str, ...], row: tuple[Value, ...], *, lsn: int, op: str, commit_us: int) -> None:
-        n = self.rows
+        n = len(self.lsns)
         carried = set()
         delete = op == "delete"
+        size = 24
         for name, value in zip(names, row, strict=True):
             column = self.values.get(name)
             if column is None:
                 column = self.values[name] = [None] * n
                 self.kept[name] = [True] * n  # rows before the column appeared did not carry it
             keep = value is UNCHANGED or (delete and name not in self.table.key)
-            column.append(None if value is UNCHANGED or value is None else str(value))
+            text = None if value is UNCHANGED or value is None else str(value)
+            column.append(text)
             self.kept[name].append(keep)
-            if value is not None and value is not UNCHANGED:
-                self.bytes += len(column[-1])  # type: ignore[arg-type]
+            if text is not None:
+                size += len(text)
             carried.add(name)
         for name, column in self.values.items():
             if name not in carried:
@@ -87,7 +100,10 @@ class TableChanges:
         self.lsns.append(lsn)
         self.ops.append(op)
         self.commit_times.append(commit_us)
-        self.bytes += 24
+        self.bytes += size
+        self._text_bytes += size
+        if self._text_bytes >= self.chunk_bytes:
+            self._seal()
 
     def truncate(self, lsn: int, *, commit_us: int) -> None:
         """A TRUNCATE at `lsn`: every change gathered before it is void for the mirror."""
@@ -95,24 +111,56 @@ class TableChanges:
         self.truncated_at = lsn
         self.after_truncate = self.rows
 
-    def to_arrow(self) -> pa.Table:
-        """Every change as Arrow: source columns (typed), `_lsn`, op, commit time, delete and keep flags."""
+    def _seal(self) -> None:
+        """Convert the text gathered so far to an Arrow chunk (every column and keep flag known now)."""
+        if not self.lsns:
+            return
         arrays: dict[str, pa.Array] = {}
         for name, column in self.columns.items():
             if name in self.values:
                 arrays[name] = to_arrow_array(
                     self.values[name], column.type_oid, column.type_modifier, column=name, table=self.table.qualified
                 )
-            else:  # no change carried the column (only TRUNCATEs): the merge still joins on the key
-                arrays[name] = pa.nulls(self.rows, arrow_type(column.type_oid, column.type_modifier))
         arrays[LSN_COLUMN] = pa.array(self.lsns, pa.int64())
         arrays[OP_COLUMN] = pa.array(self.ops, pa.string())
         arrays[COMMIT_TIME_COLUMN] = pa.array(self.commit_times, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-        arrays[DELETED_FLAG] = pa.array([op == "delete" for op in self.ops], pa.bool_())
         for name, kept in self.kept.items():
-            if any(kept[self.after_truncate :]) and name in arrays:
-                arrays[keep_flag(name)] = pa.array(kept, pa.bool_())
+            arrays[keep_flag(name)] = pa.array(kept, pa.bool_())
+        self.chunks.append(pa.table(arrays))
+        self._sealed_rows += len(self.lsns)
+        self.values = {name: [] for name in self.values}
+        self.kept = {name: [] for name in self.kept}
+        self.lsns, self.ops, self.commit_times = [], [], []
+        self._text_bytes = 0
+
+    def to_arrow(self) -> pa.Table:
+        """Every change as Arrow: source columns (typed), `_lsn`, op, commit time, delete and keep flags
+        (a keep flag only for a column some change after the last TRUNCATE did not carry)."""
+        self._seal()
+        arrays: dict[str, pa.ChunkedArray] = {}
+        for name, column in self.columns.items():
+            # A column no change carried (only TRUNCATEs) is null: the merge still joins on the key.
+            arrays[name] = self._column(name, arrow_type(column.type_oid, column.type_modifier))
+        arrays[LSN_COLUMN] = self._column(LSN_COLUMN, pa.int64())
+        arrays[OP_COLUMN] = self._column(OP_COLUMN, pa.string())
+        arrays[COMMIT_TIME_COLUMN] = self._column(COMMIT_TIME_COLUMN, pa.timestamp("us", tz="UTC"))
+        arrays[DELETED_FLAG] = pc.equal(arrays[OP_COLUMN], pa.scalar("delete", pa.string()))
+        for name in self.columns:
+            flag = keep_flag(name)
+            kept = self._column(flag, pa.bool_(), fill=True)  # not carried before the column appeared
+            if pc.any(kept.slice(self.after_truncate)).as_py():
+                arrays[flag] = kept
         return pa.table(arrays)
+
+    def _column(self, name: str, kind: pa.DataType, *, fill: bool | None = None) -> pa.ChunkedArray:
+        """Column `name` across the chunks; a chunk without it contributes `fill` values (null by default)."""
+        parts = []
+        for chunk in self.chunks:
+            if name in chunk.column_names:
+                parts += chunk.column(name).chunks
+            else:
+                parts.append(pa.array([fill] * chunk.num_rows, kind) if fill is not None else pa.nulls(chunk.num_rows, kind))
+        return pa.chunked_array(parts, type=kind)
 
     def batch(self) -> tuple[pa.Table, Upsert]:
         """The changes since the last TRUNCATE as Arrow, and the keyed write that applies them (by `_lsn`)."""

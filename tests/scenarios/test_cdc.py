@@ -21,6 +21,7 @@ import pytest
 from lakesink.config import CommitInterval
 from lakesink.ingest.cdc import capture_changes, cdc_status
 from lakesink.sink import Sink
+from lakesink.sources import pg_changes
 from lakesink.sources.pg_changes import ChangeAssembler
 from lakesink.sources.pgoutput import decode
 from lakesink.sources.postgres import PostgresSource
@@ -241,7 +242,11 @@ def test_a_dropped_slot_is_a_clear_error_never_a_silent_resync(pg_database: str,
     assert {t: len(os.listdir(root / t / "_delta_log")) for t in TABLES} == versions  # nothing written
 
 
-def test_truncate_a_transaction_larger_than_a_commit_and_a_new_column(pg_database: str, tmp_path: Path) -> None:
+def test_truncate_a_transaction_larger_than_a_commit_and_a_new_column(
+    pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny Arrow chunks: the 1,000-row transaction and the new column span many of them.
+    monkeypatch.setattr(pg_changes, "CHUNK_BYTES", 4096)
     connection = connect(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
