@@ -45,25 +45,34 @@ def check_columns(data: pa.Table, mode: Upsert | Dedup) -> None:
 def last_change_per_key(data: pa.Table, mode: Upsert) -> pa.Table:
     """One row per key: the one with the highest `order_by` (on a tie, the later row). A kept column
     (keep flag true) of that row takes the value of the key's latest earlier change that carried it,
-    with its flag cleared; if none did, it stays kept (the table's value wins in the merge)."""
+    with its flag cleared; if none did, it stays kept (the table's value wins in the merge).
+
+    Only the key and order columns are sorted and grouped; the rows are taken once, and a batch
+    whose keys are all distinct (inserts of new rows) is returned as it is.
+    """
     if data.num_rows == 0:
         return data
-    numbered = data.append_column(_ROW, pa.array(range(data.num_rows), pa.int64()))
-    ordered = numbered.sort_by([(mode.order_by, "ascending"), (_ROW, "ascending")])
+    keys = data.select([*mode.key, mode.order_by]).append_column(_ROW, pa.array(range(data.num_rows), pa.int64()))
+    if keys.group_by(list(mode.key)).aggregate([]).num_rows == data.num_rows:
+        return data
+    order = pc.sort_indices(keys, sort_keys=[(mode.order_by, "ascending"), (_ROW, "ascending")])
     # use_threads=False keeps the sorted order, so "last" is the latest change.
-    last = ordered.group_by(list(mode.key), use_threads=False).aggregate([(_ROW, "last"), (_ROW, "count")])
-    rows = last.column(f"{_ROW}_last")
-    collapsed = numbered.take(rows).sort_by(_ROW)
-    if mode.keep_flags and pc.max(last.column(f"{_ROW}_count")).as_py() > 1:
-        collapsed = _carry_kept_values(collapsed, ordered, mode)
-    return collapsed.drop_columns([_ROW])
+    ordered = keys.take(order).select([*mode.key, _ROW])
+    last = ordered.group_by(list(mode.key), use_threads=False).aggregate([(_ROW, "last")])
+    rows = pc.take(last.column(f"{_ROW}_last"), pc.sort_indices(last.column(f"{_ROW}_last")))
+    collapsed = data.take(rows)
+    if mode.keep_flags:
+        collapsed = _carry_kept_values(collapsed, data, ordered, mode)
+    return collapsed
 
 
-def _carry_kept_values(collapsed: pa.Table, ordered: pa.Table, mode: Upsert) -> pa.Table:
+def _carry_kept_values(collapsed: pa.Table, data: pa.Table, ordered: pa.Table, mode: Upsert) -> pa.Table:
+    """Kept values of the collapsed rows filled from their key's earlier changes (in `ordered`, the
+    keys and row numbers of `data` in change order). Python loops, but only over rows that need it."""
     keyed_rows: dict[tuple[object, ...], list[int]] = {}
-    keys = list(zip(*(ordered.column(k).to_pylist() for k in mode.key), strict=True))
-    for at, key in enumerate(keys):
-        keyed_rows.setdefault(key, []).append(at)
+    rows = ordered.column(_ROW).to_pylist()
+    for at, key in enumerate(zip(*(ordered.column(k).to_pylist() for k in mode.key), strict=True)):
+        keyed_rows.setdefault(key, []).append(rows[at])
     collapsed_keys = list(zip(*(collapsed.column(k).to_pylist() for k in mode.key), strict=True))
     for column, flag in mode.keep_flags:
         kept = collapsed.column(flag).to_pylist()
@@ -71,14 +80,14 @@ def _carry_kept_values(collapsed: pa.Table, ordered: pa.Table, mode: Upsert) -> 
             continue
         values = collapsed.column(column).to_pylist()
         flags = list(kept)
-        source_values = ordered.column(column).to_pylist()
-        source_flags = ordered.column(flag).to_pylist()
+        source_values = data.column(column)
+        source_flags = data.column(flag).to_pylist()
         for i, key in enumerate(collapsed_keys):
             if not kept[i]:
                 continue
-            for at in reversed(keyed_rows[key][:-1]):
-                if not source_flags[at]:
-                    values[i], flags[i] = source_values[at], False
+            for row in reversed(keyed_rows[key][:-1]):
+                if not source_flags[row]:
+                    values[i], flags[i] = source_values[row].as_py(), False
                     break
         field = collapsed.schema.field(column)
         collapsed = collapsed.set_column(collapsed.schema.get_field_index(column), field, pa.array(values, field.type))
