@@ -221,7 +221,9 @@ class ChangeAssembler:
             self._lsn = message.final_lsn
             self._commit_us = message.commit_time_us
         elif isinstance(message, Commit):
-            if self._lsn is not None:
+            held = [self._committed.get(t.qualified) for t in self._tables.values()]
+            # A transaction every table holds (PostgreSQL resends the acknowledged one) is not counted.
+            if self._lsn is not None and not all(h is not None and self._lsn <= h for h in held):
                 self.position = message.commit_lsn
                 self.transactions += 1
             self._lsn = None
