@@ -7,6 +7,7 @@ psycopg2 (not psycopg 3: it has no replication protocol) is imported when a conn
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
 from collections.abc import Iterator
@@ -71,6 +72,7 @@ class SlotState:
         return None if self.confirmed_flush_lsn is None else max(0, self.current_lsn - self.confirmed_flush_lsn)
 
 
+@functools.cache
 def _psycopg2() -> Any:
     try:
         import psycopg2

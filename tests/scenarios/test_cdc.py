@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
 from lakesink.config import CommitInterval
@@ -25,20 +24,10 @@ from lakesink.sources import pg_changes
 from lakesink.sources.pg_changes import ChangeAssembler
 from lakesink.sources.pgoutput import decode
 from lakesink.sources.postgres import PostgresSource
-from tests.support.cdc import SCHEMA, TABLES, Workload, differences, mirror_rows, source_rows
+from tests.support.cdc import SCHEMA, TABLES, Workload, differences, mirror_rows, source_rows, workload_connection
 from tests.support.tcp_proxy import TcpProxy
 
 FAST = CommitInterval(rows=200, bytes=8 << 20, seconds=0.5)
-
-
-def connect(dsn: str) -> Any:
-    connection = psycopg2.connect(dsn)
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        # The test cluster runs with synchronous_commit=off; logical decoding sends a change once
-        # its WAL is flushed, so flush at commit to keep the tests quick.
-        cursor.execute("SET synchronous_commit = on")
-    return connection
 
 
 def cdc_args(dsn: str, root: Path, *extra: str) -> list[str]:
@@ -78,7 +67,7 @@ def test_mirrors_equal_their_sources_after_random_kills(pg_database: str, tmp_pa
     moments and at named points (between the tables' commits, between commit and acknowledgement,
     inside a commit), rerun each time; at the end every table equals its source, row for row."""
     rng = random.Random(int(os.environ.get("LAKESINK_CDC_SEED", "11")))
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
     workload = Workload(connection, seed=rng.randint(0, 10**6))
@@ -88,7 +77,7 @@ def test_mirrors_equal_their_sources_after_random_kills(pg_database: str, tmp_pa
     transactions = int(os.environ.get("LAKESINK_CDC_TRANSACTIONS", "400"))
 
     def produce() -> None:
-        writer = connect(pg_database)
+        writer = workload_connection(pg_database)
         load = Workload(writer, seed=rng.randint(0, 10**6))
         load.next_id = dict(workload.next_id)
         load.items = set(workload.items)
@@ -161,7 +150,7 @@ def replay_slot(dsn: str, slot: str, root: Path, *, app_id: str) -> int:
 
 
 def test_replaying_applied_changes_and_overlapping_snapshot_change_nothing(pg_database: str, tmp_path: Path) -> None:
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
         cursor.execute("SELECT pg_create_logical_replication_slot('replay', 'pgoutput')")
@@ -186,7 +175,7 @@ def test_replaying_applied_changes_and_overlapping_snapshot_change_nothing(pg_da
 
 
 def test_a_cut_connection_and_a_rerun_lose_and_duplicate_nothing(pg_database: str, tmp_path: Path, postgres: Any) -> None:
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
     proxy = TcpProxy(postgres.port)
@@ -219,7 +208,7 @@ def test_a_cut_connection_and_a_rerun_lose_and_duplicate_nothing(pg_database: st
 
 
 def test_a_dropped_slot_is_a_clear_error_never_a_silent_resync(pg_database: str, tmp_path: Path) -> None:
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
     root = tmp_path / "lake"
@@ -247,7 +236,7 @@ def test_truncate_a_transaction_larger_than_a_commit_and_a_new_column(
 ) -> None:
     # Tiny Arrow chunks: the 1,000-row transaction and the new column span many of them.
     monkeypatch.setattr(pg_changes, "CHUNK_BYTES", 4096)
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
     root = tmp_path / "lake"
@@ -286,7 +275,7 @@ def test_truncate_a_transaction_larger_than_a_commit_and_a_new_column(
 
 @pytest.mark.parametrize("identity", ["DEFAULT", "FULL"])
 def test_unchanged_toast_values_are_kept_with_either_replica_identity(pg_database: str, tmp_path: Path, identity: str) -> None:
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
         cursor.execute(f"ALTER TABLE accounts REPLICA IDENTITY {identity}")
@@ -309,7 +298,7 @@ def test_unchanged_toast_values_are_kept_with_either_replica_identity(pg_databas
 
 
 def test_sigterm_stops_at_a_commit_boundary_with_exit_0(pg_database: str, tmp_path: Path) -> None:
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
     workload = Workload(connection, seed=12)
@@ -348,7 +337,7 @@ def test_on_s3_lost_commit_answers_and_a_timed_out_store_lose_and_duplicate_noth
     were applied, 503 bursts, and a log write black-holed until the client times out."""
     from tests.support.fault_proxy import DELTA_LOG_ENTRY, FaultProxy
 
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
     workload = Workload(connection, seed=21)
@@ -392,7 +381,7 @@ def test_the_change_log_holds_every_change_exactly_once_across_kills(pg_database
     from deltalake import DeltaTable
 
     rng = random.Random(31)
-    connection = connect(pg_database)
+    connection = workload_connection(pg_database)
     with connection.cursor() as cursor:
         cursor.execute(SCHEMA)
         cursor.execute("SELECT pg_create_logical_replication_slot('witness', 'pgoutput')")

@@ -111,6 +111,19 @@ class Workload:
                 self.items.discard((sku, shop))
 
 
+def workload_connection(dsn: str) -> Any:
+    """An autocommit connection that flushes WAL at commit: the test cluster runs with
+    synchronous_commit=off, and logical decoding sends a change only once its WAL is flushed
+    (up to ~200 ms later otherwise)."""
+    import psycopg2
+
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = on")
+    return connection
+
+
 def source_rows(connection: Any, table: str) -> list[dict[str, Any]]:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT * FROM {table}")  # a test's own table names
