@@ -45,6 +45,9 @@ IDLE_ADVANCE_EVERY = 10
 # Tombstones below the acknowledged LSN can no longer meet an older change from the slot (PostgreSQL
 # never sends what was acknowledged again); forget them once in this many batches.
 TOMBSTONE_PRUNE_EVERY = 500
+# While idle, tables move to where PostgreSQL's decoding is once that is this much WAL past the
+# acknowledged position: a quiet publication must not make the server keep all WAL since.
+IDLE_CATCH_UP_BYTES = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,11 +390,29 @@ def _run(
         wait = 0.5 if until_idle is None else max(0.05, min(0.5, until_idle - (now - last_message)))
         message = stream.read(wait)
         if message is None:
+            if not assembler.in_transaction and assembler.transactions == 0:
+                _catch_up_while_idle(stream, assembler, counters)
             continue
         last_message = time.monotonic()
         assembler.feed(decode(message.payload))
         if batch_started is None and assembler.in_transaction:
             batch_started = last_message
+
+
+def _catch_up_while_idle(stream: ChangeStream, assembler: ChangeAssembler, counters: _Counters) -> None:
+    """Nothing gathered, nothing in flight: PostgreSQL has sent every transaction before the WAL position it
+    reports (`sent_up_to`, the end of the last record its walsender decoded). When that is far ahead of
+    what was acknowledged (writes to tables outside the publication, other databases), move every table
+    there with a commit of no rows and acknowledge it, so the slot does not hold that WAL back."""
+    end = stream.sent_up_to
+    acknowledged = counters.acknowledged or 0
+    if end - acknowledged < IDLE_CATCH_UP_BYTES:
+        return
+    for mirror in counters.mirrors.values():
+        counters.commits += mirror.advance(end)
+    assembler.holds(end)
+    _acknowledge(stream, counters)
+    log.info("idle: every table moved to %s, where PostgreSQL's WAL is (acknowledged)", format_lsn(end))
 
 
 def _flush(assembler: ChangeAssembler, stream: ChangeStream, counters: _Counters, *, final: bool) -> None:

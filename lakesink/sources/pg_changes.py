@@ -286,6 +286,14 @@ class ChangeAssembler:
             changes.add(names, message.new, lsn=lsn, op="update", commit_us=at)
         self.rows += 1
 
+    def holds(self, position: int) -> None:
+        """Every table holds everything before `position` now (moved there with no rows): a transaction
+        at or below it is skipped. Call it between transactions, with nothing gathered."""
+        if self._lsn is not None or self._changes:
+            raise SourceContractViolation(f"tables were moved to {format_lsn(position)} with changes still gathered")
+        self._committed = {name: max(lsn or 0, position) for name, lsn in self._committed.items()}
+        self.position = max(self.position or 0, position)
+
     def take(self) -> tuple[int | None, dict[str, TableChanges]]:
         """The position (the last whole transaction's commit LSN) and the changes gathered up to it, per
         table; the assembler starts a new batch. Call it between transactions only."""

@@ -330,6 +330,12 @@ class ChangeStream:
             raise StorageUnavailable(f"the replication connection to PostgreSQL broke: {_one_line(exc)}") from None
         return WalMessage(bytes(message.payload), message.data_start)
 
+    @property
+    def sent_up_to(self) -> int:
+        """The WAL position PostgreSQL last said it has decoded and sent everything before (its walEnd:
+        in logical replication, the end of the last record the walsender processed); 0 before any."""
+        return int(self._cursor.wal_end or 0)
+
     def acknowledge(self, lsn: int) -> None:
         """Tell PostgreSQL every change up to `lsn` is durable downstream (it may recycle that WAL)."""
         psycopg2 = _psycopg2()

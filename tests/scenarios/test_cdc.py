@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 
 from lakesink.config import CommitInterval
+from lakesink.ingest import cdc as cdc_module
 from lakesink.ingest.cdc import capture_changes, cdc_status
 from lakesink.sink import Sink
 from lakesink.sources import pg_changes
 from lakesink.sources.pg_changes import ChangeAssembler
 from lakesink.sources.pgoutput import decode
-from lakesink.sources.postgres import PostgresSource
+from lakesink.sources.postgres import PostgresSource, parse_lsn
 from tests.support.cdc import SCHEMA, TABLES, Workload, differences, mirror_rows, source_rows, workload_connection
 from tests.support.tcp_proxy import TcpProxy
 
@@ -424,3 +425,31 @@ def test_the_change_log_holds_every_change_exactly_once_across_kills(pg_database
 def key_op_lsn(table: Any, key: tuple[str, ...]) -> list[tuple[Any, ...]]:
     columns = [table.column(c).to_pylist() for c in (*key, "_op", "_lsn")]
     return sorted(zip(*columns, strict=True), key=repr)
+
+
+def test_a_quiet_publication_does_not_make_postgresql_keep_wal(
+    pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes outside the publication: while idle, every table moves to where PostgreSQL's decoding is
+    and that is acknowledged, so the slot's WAL does not pile up; later changes still all arrive."""
+    monkeypatch.setattr(cdc_module, "IDLE_CATCH_UP_BYTES", 1 << 20)
+    connection = workload_connection(pg_database)
+    with connection.cursor() as cursor:
+        cursor.execute(SCHEMA)
+        cursor.execute("CREATE TABLE other (id int, pad text)")
+    root = tmp_path / "lake"
+    workload = Workload(connection, seed=41)
+    workload.seed_rows(10)
+    capture(pg_database, root, snapshot=True, until_idle=1.0)
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO other SELECT g, repeat('x', 400) FROM generate_series(1, 20000) g")
+        cursor.execute("SELECT pg_current_wal_lsn()::text")
+        written = parse_lsn(cursor.fetchone()[0])
+    report = capture(pg_database, root, until_idle=3.0)
+    assert report.changes == 0 and report.acknowledged_lsn is not None and report.acknowledged_lsn >= written
+    status = cdc_status(pg_database, str(root), app_id="shop", slot="lakesink_shop", publication="shop")
+    assert parse_lsn(str(status["confirmed_flush_lsn"])) >= written
+    for _ in range(30):
+        workload.transaction()
+    capture(pg_database, root, until_idle=1.0)
+    assert_mirrors_equal_sources(connection, root)
