@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
+import time
 from types import FrameType
 
 import click
@@ -106,18 +106,28 @@ def cdc_command(
         report = capture_changes(
             dsn, root, app_id=app_id, slot=slot, publication=publication, snapshot=snapshot, until_idle=idle,
             interval=interval, storage_options=options, evolve_schema=evolve_schema, changelog=changelog, stop=stop,
-            progress=None if as_json else _progress,
+            progress=None if as_json else _Progress(),
         )  # fmt: skip
     except LakesinkError as exc:
         fail(exc, as_json)
     click.echo(json.dumps({"ok": True, **report.to_dict()}) if as_json else _summary(report))
 
 
-def _progress(report: CdcReport) -> None:
-    if sys.stderr.isatty() or report.commits:
+class _Progress:
+    """A line on stderr after a batch commits, at most every 10 s (a long-running job's heartbeat)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last = 0.0
+
+    def __call__(self, report: CdcReport) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
         click.echo(
-            f"{report.transactions} transactions, {report.changes} changes, {report.commits} commits; "
-            f"acknowledged {report.to_dict()['acknowledged_lsn']}",
+            f"{report.transactions} transactions, {report.changes} changes, {report.commits} commits in "
+            f"{report.seconds:.0f} s; PostgreSQL may recycle WAL before {report.to_dict()['acknowledged_lsn']}",
             err=True,
         )
 
