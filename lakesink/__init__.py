@@ -25,6 +25,7 @@ from lakesink.errors import (
 from lakesink.ingest.cdc import CdcReport, capture_changes, cdc_status
 from lakesink.ingest.report import IngestProgress, IngestReport
 from lakesink.ingest.run import ingest
+from lakesink.ingest.watch import WatchReport, watch
 from lakesink.maintenance.gc import GcReport, collect_garbage
 from lakesink.maintenance.status import TableStatus, table_status
 from lakesink.maintenance.verify import VerifyReport, verify_table
@@ -56,6 +57,7 @@ __all__ = [
     "TransientError",
     "Upsert",
     "VerifyReport",
+    "WatchReport",
     "WriteConfig",
     "WriteResult",
     "__version__",
@@ -65,4 +67,5 @@ __all__ = [
     "ingest",
     "table_status",
     "verify_table",
+    "watch",
 ]

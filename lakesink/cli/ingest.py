@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import click
 import pyarrow as pa
 
-from lakesink import CommitInterval, ConfigError, IngestProgress, IngestReport, LakesinkError, WriteConfig, ingest
+from lakesink import (
+    CommitInterval,
+    ConfigError,
+    IngestProgress,
+    IngestReport,
+    LakesinkError,
+    WatchReport,
+    WriteConfig,
+    ingest,
+    watch,
+)
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options
 from lakesink.cli.progress import ProgressLines, progress_bar
-from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_WRITE_THREADS, parse_schema, parse_size
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_WRITE_THREADS, parse_duration, parse_schema, parse_size
 from lakesink.sources.records import Format
 
 
@@ -78,6 +92,12 @@ from lakesink.sources.records import Format
 @click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=STORAGE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
 @click.option(
+    "--watch", is_flag=True,
+    help="Keep running: ingest new files as they land (complete once their size held over two polls; or write "
+    "them under a name starting with '.' or '_' and rename), until SIGTERM/SIGINT, which stops at a commit boundary (exit 0).",
+)  # fmt: skip
+@click.option("--poll", metavar="DURATION", default="10s", show_default=True, help="With --watch: how often to list SOURCE.")
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Progress on stderr: a bar on a terminal, a line every 10 s otherwise (default: on when stderr is a terminal).",
@@ -99,6 +119,8 @@ def ingest_command(
     max_record_bytes: int,
     storage_pairs: tuple[str, ...],
     as_json: bool,
+    watch: bool,
+    poll: str,
     progress: bool | None,
 ) -> None:
     """Ingest the files at SOURCE into the Delta table TABLE, each record exactly once.
@@ -142,6 +164,11 @@ def ingest_command(
         raise click.BadParameter(str(exc)) from exc
     storage_options = parse_storage_options(storage_pairs)
     show = sys.stderr.isatty() if progress is None else progress
+    if watch:
+        _watch(source, table, app_id=app_id, poll=poll, as_json=as_json, fmt=fmt, write=write, partition_by=partition_by,
+               evolve_schema=evolve_schema, bad_records=bad_records, schema=schema, storage_options=storage_options,
+               max_record_bytes=max_record_bytes)  # fmt: skip
+        return
 
     def run(on_progress: Callable[[IngestProgress], None] | None) -> IngestReport:
         return ingest(
@@ -181,3 +208,35 @@ def _declared(text: str) -> pa.Schema:
         except OSError as exc:
             raise ConfigError(f"cannot read the schema file {text[1:]!r}: {exc.strerror}") from exc
     return parse_schema(text)
+
+
+def _watch(source: str, table: str, *, app_id: str, poll: str, as_json: bool, fmt: Format | None,
+           storage_options: dict[str, str], **options: Any) -> None:  # fmt: skip
+    """`--watch`: rounds of ingest until SIGTERM/SIGINT, then the report (exit 0)."""
+    try:
+        seconds = parse_duration(poll, what="--poll")
+    except LakesinkError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        click.echo(f"{signal.Signals(signum).name}: stopping at the next commit boundary", err=True)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+
+    def on_round(report: WatchReport) -> None:
+        if report.ingests and not as_json:
+            click.echo(f"watching: {report.rows_written} rows in {report.commits} commits so far", err=True)
+
+    try:
+        report = watch(source, table, app_id=app_id, stop=stop, poll_seconds=seconds, format=fmt,
+                       storage_options=storage_options, on_round=on_round, **options)  # fmt: skip
+    except LakesinkError as exc:
+        fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.to_dict()}))
+    else:
+        click.echo(f"watched {report.rounds} polls: {report.rows_written} rows in {report.commits} commits; "
+                   f"stopped by {report.stopped}")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -49,6 +50,7 @@ def ingest(
     storage_options: dict[str, str] | None = None,
     on_progress: Callable[[IngestProgress], None] | None = None,
     clock: Callable[[], float] = time.time,
+    stop: threading.Event | None = None,
 ) -> IngestReport:
     """Write every record of the files at `source` into `table_uri` exactly once.
 
@@ -73,6 +75,9 @@ def ingest(
     (~128 MiB), the memory in flight and the writer threads. The first call tunes glibc's malloc
     for the process (lakesink.ingest.malloc says how and why).
 
+    `stop` (set from a signal handler, say) ends the run early at a commit boundary: the records
+    read so far are committed, and a rerun continues after them.
+
     Raises:
         BadRecord: a malformed record (names file and line) without `bad_records`, or a record
             longer than `max_record_bytes`; nothing from its batch is committed.
@@ -80,11 +85,38 @@ def ingest(
         ConfigError: two options that set the same limit, or a bad value.
         SchemaMismatch, TransientError: see lakesink.errors.
     """
+    options = StorageOptions.resolve(storage_options)
+    files = FileSource(source, format=format, storage_options=options, max_record_bytes=max_record_bytes)
+    return ingest_files(
+        files, table_uri, app_id=app_id, batch_rows=batch_rows, commit_interval=commit_interval, write=write,
+        partition_by=partition_by, evolve_schema=evolve_schema, bad_records=bad_records, schema=schema,
+        storage_options=options, on_progress=on_progress, clock=clock, stop=stop,
+    )  # fmt: skip
+
+
+def ingest_files(
+    files: FileSource,
+    table_uri: str,
+    *,
+    app_id: str,
+    batch_rows: int | None = None,
+    commit_interval: CommitInterval | None = None,
+    write: WriteConfig | None = None,
+    partition_by: Sequence[str] | None = None,
+    evolve_schema: bool = False,
+    bad_records: str | None = None,
+    schema: pa.Schema | None = None,
+    storage_options: StorageOptions,
+    on_progress: Callable[[IngestProgress], None] | None = None,
+    clock: Callable[[], float] = time.time,
+    stop: threading.Event | None = None,
+) -> IngestReport:
+    """`ingest` of a source listed already (a watch run lists it itself, and reads a prefix of it)."""
     config = _write_config(write, commit_interval, batch_rows)
     started = time.monotonic()
     keep_block_buffers()
-    options = StorageOptions.resolve(storage_options)
-    files = FileSource(source, format=format, storage_options=options, max_record_bytes=max_record_bytes)
+    options = storage_options
+    source = files.uri
     if bad_records is not None and normalize_table_uri(bad_records) == normalize_table_uri(table_uri):
         raise ConfigError("bad_records must be another table than the one ingested into (e.g. TABLE_bad)")
     with ExitStack() as stack:
@@ -104,7 +136,7 @@ def ingest(
                 Quarantine(bad_records, app_id=app_id, storage_options=dict(options.values), clock=clock)
             )
         declared = declared_schema(schema) if schema is not None else None
-        run = _Run(files, sink, quarantine, config=config, on_progress=on_progress, declared=declared)
+        run = _Run(files, sink, quarantine, config=config, on_progress=on_progress, declared=declared, stop=stop)
         start_position = sink.committed_position()
         total = sum(f.size for f in files.files)
         log.info("ingest %s into %s as %r: %d files, %d bytes", source, sink.uri, app_id, len(files.files), total)
@@ -165,8 +197,10 @@ class _Run:
         config: WriteConfig,
         on_progress: Callable[[IngestProgress], None] | None,
         declared: pa.Schema | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.declared = declared
+        self.stop = stop
         self.files = files
         self.sink = sink
         self.quarantine = quarantine
@@ -334,6 +368,11 @@ class _Run:
                     cutter.seal(end_of(chunk, chunk.row_end), schema, next_file=chunk.last)
             self._read_upto = end_of(chunk, chunk.row_end)
             self._records_read += chunk.records
+            if self.stop is not None and self.stop.is_set():
+                if cutter.records:  # stop here: commit what was read, at a position inside the file
+                    cutter.seal(end_of(chunk, chunk.row_end), schema, next_file=chunk.last)
+                log.info("stopping at %s as asked; the rest is read by the next run", end_of(chunk, chunk.row_end))
+                return
         if cutter.touched and (schema is not None or cutter.rejected):
             # The tail: a partial group, or empty files after the last full group.
             cutter.seal(FilePosition(cutter.touched[-1] + 1, 0), schema, next_file=True)

@@ -92,6 +92,13 @@ class FileSource:
     def __repr__(self) -> str:
         return f"FileSource({self.uri!r}, files={len(self.files)})"
 
+    def first(self, count: int) -> FileSource:
+        """The same source with only its first `count` files (in name order): what a watch run may read
+        while later files are still being written."""
+        clone = copy.copy(self)
+        clone.files = self.files[:count]
+        return clone
+
     def reading_at_most(self, max_record_bytes: int) -> FileSource:
         """The same listing, read in blocks of at most `max_record_bytes` (a cheap sample of each file)."""
         clone = copy.copy(self)

@@ -97,3 +97,13 @@ def test_a_schema_that_cannot_be_read_says_where(text: str, match: str) -> None:
 
     with pytest.raises(ConfigError, match=match):
         parse_schema(text)
+
+
+def test_a_watch_reads_only_the_files_complete_at_two_polls_in_a_row_up_to_the_first_that_is_not() -> None:
+    from lakesink.ingest.watch import complete_prefix
+
+    before = {"a": (10, 1), "b": (5, 1), "c": (7, 1)}
+    assert complete_prefix([("a", 10, 1), ("b", 5, 1), ("c", 7, 1)], before) == 3
+    assert complete_prefix([("a", 10, 1), ("b", 6, 2), ("c", 7, 1)], before) == 1  # b grew: c waits behind it
+    assert complete_prefix([("a", 10, 1), ("b", 5, 1), ("c", 7, 1), ("d", 1, 1)], before) == 3  # d is new
+    assert complete_prefix([("a", 10, 1)], {}) == 0
