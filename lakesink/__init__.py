@@ -26,8 +26,10 @@ from lakesink.ingest.cdc import CdcReport, capture_changes, cdc_status
 from lakesink.ingest.report import IngestProgress, IngestReport
 from lakesink.ingest.run import ingest
 from lakesink.ingest.watch import WatchReport, watch
+from lakesink.maintenance.compact import CompactReport, compact_table
 from lakesink.maintenance.gc import GcReport, collect_garbage
 from lakesink.maintenance.status import TableStatus, table_status
+from lakesink.maintenance.vacuum import VacuumReport, vacuum_table
 from lakesink.maintenance.verify import VerifyReport, verify_table
 from lakesink.sink import Sink
 from lakesink.storage.options import StorageOptions
@@ -38,6 +40,7 @@ __all__ = [
     "CommitInterval",
     "CommitOutcomeUnknown",
     "CommitPolicy",
+    "CompactReport",
     "ConcurrentWriterError",
     "ConfigError",
     "Dedup",
@@ -56,6 +59,7 @@ __all__ = [
     "TerminalError",
     "TransientError",
     "Upsert",
+    "VacuumReport",
     "VerifyReport",
     "WatchReport",
     "WriteConfig",
@@ -64,8 +68,10 @@ __all__ = [
     "capture_changes",
     "cdc_status",
     "collect_garbage",
+    "compact_table",
     "ingest",
     "table_status",
+    "vacuum_table",
     "verify_table",
     "watch",
 ]

@@ -184,6 +184,21 @@ def delete_rows(handle: TableHandle, *, column: str, below: int) -> int:
     return removed
 
 
+def compact(
+    handle: TableHandle, *, target_bytes: int, partition_filters: Sequence[tuple[str, str, str]] | None = None
+) -> dict[str, Any]:
+    """Rewrite small files into larger ones in a commit of their own that changes no data (see
+    TableHandle.compact); appends committed meanwhile, by lakesink or anyone, are kept as they are."""
+    metrics = handle.compact(target_bytes=target_bytes, partition_filters=partition_filters, max_commit_attempts=20)
+    log.info("compacted %s: %s", handle.uri, metrics)
+    return metrics
+
+
+def vacuum(handle: TableHandle, *, retention_hours: int, dry_run: bool, enforce_retention: bool = True) -> list[str]:
+    """Delete (or list, `dry_run`) the files later commits removed longer than `retention_hours` ago."""
+    return handle.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention=enforce_retention)
+
+
 class Committer:
     """Commits staged files to one table for a `Sink`, each batch exactly once.
 

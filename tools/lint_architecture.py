@@ -8,7 +8,7 @@
    `checkpoint.parquet`, `_last_checkpoint` or a `:020d` format.
 4. Only lakesink.commit (and the delta package that implements them) calls the table's methods
    that write to the log: `TableHandle.create`, `.add_columns`, `.commit_transaction`, `.checkpoint`,
-   `.merge`, `.delete_where`.
+   `.merge`, `.delete_where`, `.compact`, `.vacuum`.
 5. Every error lakesink raises is a LakesinkError: no `raise ValueError(...)` and the like in lakesink/.
 
     python tools/lint_architecture.py            # exit 1 and one line per breach, or "ok"
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "lakesink"
 STORE_NAMES = ("_delta_log", "_lakesink/", ".snappy.parquet", "checkpoint.parquet", "_last_checkpoint", ":020d")
-LOG_WRITING_METHODS = frozenset({"add_columns", "commit_transaction", "checkpoint", "merge", "delete_where"})
+LOG_WRITING_METHODS = frozenset({"add_columns", "commit_transaction", "checkpoint", "merge", "delete_where", "compact", "vacuum"})
 # StopIteration ends an iterator; it is the protocol, not an error.
 BUILTIN_ERRORS = frozenset(
     name

@@ -17,7 +17,7 @@ import click
 
 from lakesink.cli.cdc import cdc_command
 from lakesink.cli.ingest import ingest_command
-from lakesink.cli.tables import gc_command, status_command, verify_command
+from lakesink.cli.tables import compact_command, gc_command, status_command, vacuum_command, verify_command
 
 # delta-rs reads RUST_LOG once, when it is imported (before any option is parsed); this is what
 # -vv sets, unless RUST_LOG is set already. Its S3 client prints credentials as "******".
@@ -88,3 +88,5 @@ main.add_command(cdc_command)
 main.add_command(status_command)
 main.add_command(gc_command)
 main.add_command(verify_command)
+main.add_command(compact_command)
+main.add_command(vacuum_command)

@@ -31,6 +31,9 @@ _FLAGS: Mapping[str, tuple[str, bool]] = {
     "storage_options": ("--storage-option", True),
     "schema": ("--schema", True),
     "snapshot": ("--snapshot", False),
+    "where": ("--where", True),
+    "retention": ("--retention", True),
+    "allow_short_retention": ("--allow-short-retention", False),
 }
 
 

@@ -1,4 +1,4 @@
-"""`lakesink status`, `gc` and `verify`: commands on an existing table."""
+"""`lakesink status`, `gc`, `verify`, `compact` and `vacuum`: commands on an existing table."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import click
 
-from lakesink import LakesinkError, collect_garbage, table_status, verify_table
+from lakesink import LakesinkError, collect_garbage, compact_table, table_status, vacuum_table, verify_table
 from lakesink.cli.output import EXIT_TERMINAL, STORAGE_HELP, fail, parse_storage_options
-from lakesink.config import parse_duration
+from lakesink.config import parse_duration, parse_size
 
 
 def _older_than(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
@@ -110,3 +110,78 @@ def verify_command(table: str, keys: tuple[str, ...], storage_pairs: tuple[str, 
         click.echo("\n".join(report.lines()))
     if not report.ok:
         sys.exit(EXIT_TERMINAL)
+
+
+@click.command("compact")
+@click.argument("table")
+@click.option("--target-size", default="128MB", metavar="SIZE", show_default=True, help="Size of the files written.")
+@click.option(
+    "--where", metavar="PREDICATE",
+    help="Only the partitions that match, e.g. \"day >= '2026-11-01' AND region = eu\" (partition columns only).",
+)  # fmt: skip
+@click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+def compact_command(table: str, target_size: str, where: str | None, storage_pairs: tuple[str, ...], as_json: bool) -> None:
+    """Rewrite TABLE's small files into files of about --target-size.
+
+    \b
+    One commit that changes no data (dataChange=false): readers see the same rows, and ingest jobs
+    may keep committing to TABLE meanwhile (their appends are kept; none of their commits fails).
+    The files it replaces stay on the store for older versions until `lakesink vacuum`.
+
+    \b
+    Example:
+      lakesink compact s3://lake/events --where "day >= '2026-11-01'"
+    """
+    try:
+        size = parse_size(target_size, what="--target-size")
+    except LakesinkError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        report = compact_table(table, target_bytes=size, where=where, storage_options=parse_storage_options(storage_pairs))
+    except LakesinkError as exc:
+        fail(exc, as_json)
+    click.echo(json.dumps({"ok": True, **report.to_dict()}) if as_json else report.summary())
+
+
+@click.command("vacuum")
+@click.argument("table")
+@click.option("--retention", default="7d", metavar="DURATION", show_default=True,
+              help="Delete files removed from the table longer ago than this (whole hours).")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option(
+    "--allow-short-retention", is_flag=True,
+    help="Allow a retention below the table's delta.deletedFileRetentionDuration (7 days by default). Only when "
+    "no reader or writer is on an older version.",
+)  # fmt: skip
+@click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+def vacuum_command(
+    table: str, retention: str, dry_run: bool, allow_short_retention: bool, storage_pairs: tuple[str, ...], as_json: bool
+) -> None:
+    """Delete files that later commits removed from TABLE (compaction, MERGE) once older than --retention.
+
+    \b
+    vacuum and gc clear different files: gc deletes files no commit ever named (left by crashed
+    writers); vacuum deletes files a commit named and a later one removed, which older versions
+    (time travel, slow readers) still read until the retention passes.
+
+    \b
+    Example:
+      lakesink vacuum s3://lake/events --retention 7d --dry-run
+    """
+    try:
+        seconds = parse_duration(retention, what="--retention", allow_zero=True)
+    except LakesinkError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        report = vacuum_table(table, retention_seconds=seconds, dry_run=dry_run, allow_short_retention=allow_short_retention,
+                              storage_options=parse_storage_options(storage_pairs))  # fmt: skip
+    except LakesinkError as exc:
+        fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report.to_dict()}))
+        return
+    for path in report.files:
+        click.echo(f"{'would delete' if dry_run else 'deleted'}  {path}")
+    click.echo(report.summary())

@@ -401,6 +401,64 @@ class TableHandle:
         self._version = self._table.version()
         return dict(metrics)
 
+    def compact(
+        self, *, target_bytes: int, partition_filters: Sequence[tuple[str, str, str]] | None, max_commit_attempts: int
+    ) -> dict[str, Any]:
+        """Rewrite the small files (of the partitions the filters select) into files of about
+        `target_bytes`, in one commit that changes no data (`dataChange=false`); delta-rs's metrics.
+
+        Concurrent appends do not conflict with it (they remove nothing); delta-rs retries its commit
+        past them up to `max_commit_attempts` times.
+
+        Raises:
+            CommitConflict: another writer removed files this compaction rewrites (a rerun starts afresh).
+            StorageUnavailable, TableError: the compaction could not be made; nothing was committed.
+        """
+        self.refresh()
+        try:
+            metrics = self._table.optimize.compact(
+                partition_filters=list(partition_filters) if partition_filters else None,
+                target_size=target_bytes,
+                commit_properties=CommitProperties(max_commit_retries=max_commit_attempts),
+                post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
+            )
+        except CommitFailedError as exc:
+            raise CommitConflict(translate(exc, None, doing="compact").args[0]) from exc
+        except Exception as exc:
+            raise translate(exc, self.options, doing=f"compact {self.uri}") from exc
+        self.refresh()
+        return dict(metrics)
+
+    def vacuum(self, *, retention_hours: int, dry_run: bool, enforce_retention: bool) -> list[str]:
+        """The files that later commits removed more than `retention_hours` ago: listed (`dry_run`) or
+        deleted (delta-rs's vacuum, which records it in the log). Files never committed are `gc`'s.
+
+        Raises:
+            ConfigError: the retention is shorter than the table's `delta.deletedFileRetentionDuration`
+                and `enforce_retention` is on.
+            StorageUnavailable, TableError: the vacuum could not be made.
+        """
+        self.refresh()
+        try:
+            files = self._table.vacuum(
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=enforce_retention,
+                post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
+            )  # fmt: skip
+        except Exception as exc:
+            if "retention period" in str(exc).lower() or "minimum" in str(exc).lower():
+                raise ConfigError(
+                    f"a retention of {retention_hours} h is shorter than {self.uri}'s minimum "
+                    f"(delta.deletedFileRetentionDuration, 7 days by default): readers of older versions would lose "
+                    "files. Give a longer retention=DURATION, or allow_short_retention=True if no one reads old versions.",
+                    options=("retention", "allow_short_retention"),
+                ) from exc
+            raise translate(exc, self.options, doing=f"vacuum {self.uri}") from exc
+        if not dry_run:
+            self.refresh()
+        root = self.uri.rstrip("/") + "/"
+        # delta-rs names them by full path or URI; the log (and lakesink) by path in the table.
+        return [f[len(root) :] if f.startswith(root) else f for f in files]
+
     def delete_where(self, predicate: str) -> int:
         """Delete the rows `predicate` holds for, in a commit of their own; returns how many.
 
