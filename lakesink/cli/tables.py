@@ -22,12 +22,18 @@ def _older_than(ctx: click.Context, param: click.Parameter, value: str) -> timed
 
 @click.command("status")
 @click.argument("table")
+@click.option("--source", metavar="SOURCE", help="The file source the table's jobs ingest: show each one's lag behind it.")
 @click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=STORAGE_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: table_version, files, rows, positions, ...")
-def status_command(table: str, storage_pairs: tuple[str, ...], as_json: bool) -> None:
-    """Show TABLE's version, files, rows and every app id's committed position."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: table_version, files, rows, positions, apps, ...")
+def status_command(table: str, source: str | None, storage_pairs: tuple[str, ...], as_json: bool) -> None:
+    """Show TABLE's version, files, rows and every app id's committed position.
+
+    \b
+    For a file source's app id: the file and record it stands at and when it last committed;
+    with --source, how many files and bytes are left to ingest (its lag).
+    """
     try:
-        status = table_status(table, storage_options=parse_storage_options(storage_pairs))
+        status = table_status(table, storage_options=parse_storage_options(storage_pairs), source=source)
     except LakesinkError as exc:
         fail(exc, as_json)
     if as_json:
@@ -40,7 +46,16 @@ def status_command(table: str, storage_pairs: tuple[str, ...], as_json: bool) ->
     click.echo("columns    " + ", ".join(f"{name} {kind}" for name, kind in status.columns.items()))
     if status.partition_columns:
         click.echo(f"partitions {', '.join(status.partition_columns)}")
-    click.echo("positions  " + (", ".join(f"{k}={v}" for k, v in status.positions.items()) or "(none)"))
+    if not status.apps:
+        click.echo("positions  (none)")
+    for app in status.apps:
+        where = f" = file {app.file_index}, record {app.row_text()}" if app.file_index is not None else ""
+        line = f"app {app.app_id}: position {app.position}{where}, committed {app.last_commit or '?'}"
+        if app.last_file:
+            line += f", last file {app.last_file}"
+        if app.lag_files is not None:
+            line += f"; behind the source: {app.lag_files} files, {app.lag_bytes} bytes"
+        click.echo(line)
 
 
 @click.command("gc")

@@ -116,7 +116,12 @@ def _paths_in_checkpoint(store: ObjectStore, path: str) -> list[str]:
 
 def txn_versions(store: ObjectStore, *, up_to: int) -> dict[str, int]:
     """Every app id's `txn` version at version `up_to`, read from the last checkpoint and the entries after it."""
-    positions: dict[str, int] = {}
+    return {app: version for app, (version, _) in txn_actions(store, up_to=up_to).items()}
+
+
+def txn_actions(store: ObjectStore, *, up_to: int) -> dict[str, tuple[int, int | None]]:
+    """Every app id's `txn` at version `up_to`: (version, lastUpdated in ms since the epoch, if recorded)."""
+    positions: dict[str, tuple[int, int | None]] = {}
     start = 0
     try:
         pointer = json.loads(store.read_bytes(LAST_CHECKPOINT))
@@ -129,7 +134,7 @@ def txn_versions(store: ObjectStore, *, up_to: int) -> dict[str, int]:
                 txn = pq.read_table(stream, columns=["txn"]).column("txn")
             for item in txn.to_pylist():
                 if item:
-                    positions[item["appId"]] = int(item["version"])
+                    positions[item["appId"]] = (int(item["version"]), item.get("lastUpdated"))
     for version in range(start, up_to + 1):
         try:
             body = store.read_bytes(log_entry_path(version))
@@ -139,5 +144,5 @@ def txn_versions(store: ObjectStore, *, up_to: int) -> dict[str, int]:
             if b'"txn"' in line:
                 action = json.loads(line).get("txn")
                 if action:
-                    positions[action["appId"]] = int(action["version"])
+                    positions[action["appId"]] = (int(action["version"]), action.get("lastUpdated"))
     return dict(sorted(positions.items()))

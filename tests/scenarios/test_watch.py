@@ -85,6 +85,7 @@ def test_a_watch_run_ingests_files_as_they_land_through_kills_and_stops_cleanly_
     deadline = time.monotonic() + 60
     while committed(table) != end and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(2.0)  # the earlier runs may have committed it all: let this one reach its polling loop first
     final.send_signal(signal.SIGTERM)
     out, err = final.communicate(timeout=60)
     assert final.returncode == 0, err[-2000:]
@@ -108,6 +109,15 @@ def test_sigterm_in_the_middle_of_a_backlog_commits_what_was_read_and_exits_0(tm
     stopped_at = json.loads(out)["end_position"]
     assert stopped_at is not None and stopped_at < dataset.end_position  # it did stop early
     assert_exactly_once(str(table), None, dataset.ids_before(stopped_at))
+    # status decodes the position (file, record) and says what is left of the source.
+    status = subprocess.run([sys.executable, "-m", "lakesink", "status", str(table), "--source", str(landing), "--json"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    (app,) = json.loads(status.stdout)["apps"]
+    at = FilePosition.decode(stopped_at)
+    assert (app["app_id"], app["position"], app["file_index"], app["record"]) == ("landing", stopped_at, at.file_index, at.row)
+    left = sorted(landing.iterdir())[at.file_index :]
+    assert (app["lag_files"], app["lag_bytes"]) == (len(left), sum(p.stat().st_size for p in left))
+    assert app["last_commit"] and app["last_file"]
     # The next run carries on from there.
     again = subprocess.run([sys.executable, "-m", "lakesink", "ingest", str(landing), str(table), "--app-id", "landing"],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
