@@ -48,6 +48,7 @@ from lakesink.errors import (
     StorageUnavailable,
     TerminalError,
 )
+from lakesink.metrics import METRICS
 from lakesink.storage.options import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,11 @@ class Committer:
             TerminalError: the commit was refused for a reason retrying cannot fix.
         """
         job = _Job(handle, staged, app_id, position, schema, partition_by, self._clock, previous, self._sleep, self._policy)
+        started = time.monotonic()
+        return _recorded(job, self._commit(job), started, sum(f.size for f in staged))
+
+    def _commit(self, job: _Job) -> WriteResult:
+        handle = job.handle
         if not self._log_store_known:
             self._log_store, self._log_store_known = open_log_store(self._uri, self._options), True
         if self._log_store is not None:
@@ -288,11 +294,26 @@ class Committer:
                 )
             )  # fmt: skip
 
+        started = time.monotonic()
         result = _commit_through_delta_rs(job, attempt)
         if not result.committed:
             return result
         changed = sum(metric(metrics, f"num_target_rows_{kind}") for kind in ("inserted", "updated", "deleted"))
-        return replace(result, rows=changed, files=metric(metrics, "num_target_files_added"))
+        return _recorded(job, replace(result, rows=changed, files=metric(metrics, "num_target_files_added")), started, 0)
+
+
+def _recorded(job: _Job, result: WriteResult, started: float, size: int) -> WriteResult:
+    """`result`, once its commit is counted in lakesink.metrics."""
+    if result.committed:
+        labels = {"app_id": job.app_id, "table": job.handle.uri}
+        METRICS.inc("lakesink_commits_total", 1, **labels)
+        METRICS.inc("lakesink_rows_written_total", result.rows, **labels)
+        METRICS.inc("lakesink_files_written_total", result.files, **labels)
+        METRICS.inc("lakesink_bytes_written_total", size, **labels)
+        METRICS.observe("lakesink_commit_seconds", time.monotonic() - started, **labels)
+        if result.reason == _LOST_ANSWER:
+            METRICS.inc("lakesink_lost_answers_resolved_total", 1, **labels)
+    return result
 
 
 def _append_attempt(job: _Job) -> Callable[[int, str], None]:
@@ -417,6 +438,7 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
         if summary is None:
             # Nothing there: the create did not land (or another writer's is still in flight).
             unanswered += 1
+            METRICS.inc("lakesink_commit_retries_total", app_id=app_id, table=handle.uri)
             if unanswered >= policy.max_attempts:
                 raise job.outcome_unknown(
                     f"{policy.max_attempts} attempts: {last_error or 'the log entry stayed absent'}", last_error
@@ -426,6 +448,7 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
         if summary.write_id == write_id:
             return _after_own_commit(job, version, reason=_LOST_ANSWER)
         log.info("position %d of %r: another writer created log entry %d first; re-checking", position, app_id, version)
+        METRICS.inc("lakesink_commit_conflicts_total", app_id=app_id, table=handle.uri)
         if app_id in summary.txns:
             races += 1
             if races >= policy.max_attempts:
@@ -509,6 +532,7 @@ def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], Non
         except CommitConflict as exc:
             # Another writer with this app id committed since our snapshot: re-check, never re-send.
             log.info("position %d of %r: another writer committed since version %d; re-checking", position, app_id, read_version)
+            METRICS.inc("lakesink_commit_conflicts_total", app_id=app_id, table=handle.uri)
             last_error = exc
             _refresh_or_unknown(job, exc)
             continue
@@ -518,6 +542,7 @@ def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], Non
                 position, app_id, attempt + 1, exc,
             )  # fmt: skip
             last_error = exc
+            METRICS.inc("lakesink_commit_retries_total", app_id=app_id, table=handle.uri)
             _refresh_or_unknown(job, exc)
             job.sleep(_backoff(policy, attempt))
             continue

@@ -11,6 +11,7 @@ from types import FrameType
 import click
 
 from lakesink import CdcReport, CommitInterval, LakesinkError, capture_changes, cdc_status
+from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options
 from lakesink.config import parse_duration
 
@@ -43,6 +44,9 @@ from lakesink.config import parse_duration
     "--status", "status_only", is_flag=True, help="Only show each table's committed LSN and the slot's lag; change nothing."
 )
 @click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=STORAGE_HELP)
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), metavar="PORT", help=METRICS_HELP_PORT)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS", help=METRICS_HELP_HOST)
+@click.option("--metrics-file", metavar="PATH", help=METRICS_HELP_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
 def cdc_command(
     dsn: str,
@@ -57,6 +61,9 @@ def cdc_command(
     changelog: bool,
     status_only: bool,
     storage_pairs: tuple[str, ...],
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_file: str | None,
     as_json: bool,
 ) -> None:
     """Mirror the tables of a PostgreSQL publication into Delta tables under ROOT.
@@ -103,11 +110,12 @@ def cdc_command(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        report = capture_changes(
-            dsn, root, app_id=app_id, slot=slot, publication=publication, snapshot=snapshot, until_idle=idle,
-            interval=interval, storage_options=options, evolve_schema=evolve_schema, changelog=changelog, stop=stop,
-            progress=None if as_json else _Progress(),
-        )  # fmt: skip
+        with MetricsExport(port=metrics_port, host=metrics_host, textfile=metrics_file):
+            report = capture_changes(
+                dsn, root, app_id=app_id, slot=slot, publication=publication, snapshot=snapshot, until_idle=idle,
+                interval=interval, storage_options=options, evolve_schema=evolve_schema, changelog=changelog, stop=stop,
+                progress=None if as_json else _Progress(),
+            )  # fmt: skip
     except LakesinkError as exc:
         fail(exc, as_json)
     click.echo(json.dumps({"ok": True, **report.to_dict()}) if as_json else _summary(report))

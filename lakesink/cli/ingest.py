@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import signal
 import sys
@@ -26,6 +27,7 @@ from lakesink import (
     ingest,
     watch,
 )
+from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options
 from lakesink.cli.progress import ProgressLines, progress_bar
 from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_WRITE_THREADS, parse_duration, parse_schema, parse_size
@@ -97,6 +99,9 @@ from lakesink.sources.records import Format
     "them under a name starting with '.' or '_' and rename), until SIGTERM/SIGINT, which stops at a commit boundary (exit 0).",
 )  # fmt: skip
 @click.option("--poll", metavar="DURATION", default="10s", show_default=True, help="With --watch: how often to list SOURCE.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), metavar="PORT", help=METRICS_HELP_PORT)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS", help=METRICS_HELP_HOST)
+@click.option("--metrics-file", metavar="PATH", help=METRICS_HELP_FILE)
 @click.option(
     "--progress/--no-progress",
     default=None,
@@ -121,6 +126,9 @@ def ingest_command(
     as_json: bool,
     watch: bool,
     poll: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_file: str | None,
     progress: bool | None,
 ) -> None:
     """Ingest the files at SOURCE into the Delta table TABLE, each record exactly once.
@@ -164,6 +172,11 @@ def ingest_command(
         raise click.BadParameter(str(exc)) from exc
     storage_options = parse_storage_options(storage_pairs)
     show = sys.stderr.isatty() if progress is None else progress
+    try:
+        export = MetricsExport(port=metrics_port, host=metrics_host, textfile=metrics_file).__enter__()
+    except LakesinkError as exc:
+        fail(exc, as_json)
+    atexit.register(export.__exit__, None, None, None)
     if watch:
         _watch(source, table, app_id=app_id, poll=poll, as_json=as_json, fmt=fmt, write=write, partition_by=partition_by,
                evolve_schema=evolve_schema, bad_records=bad_records, schema=schema, storage_options=storage_options,

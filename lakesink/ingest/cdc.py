@@ -29,6 +29,7 @@ from lakesink.config import CommitInterval, Upsert
 from lakesink.crashpoints import crash_point
 from lakesink.errors import ConcurrentWriterError, ConfigError, SourceContractViolation
 from lakesink.layout import changelog_table_uri, mirror_table_uri, snapshot_app_id
+from lakesink.metrics import METRICS
 from lakesink.sink import Sink
 from lakesink.sources.pg_changes import LSN_COLUMN, ChangeAssembler, TableChanges, changelog_schema, source_schema
 from lakesink.sources.pgoutput import decode
@@ -452,6 +453,10 @@ def _acknowledge(stream: ChangeStream, counters: _Counters) -> None:
         lsn = min(h for h in held if h is not None)
         stream.acknowledge(lsn)
         counters.acknowledged = lsn
+        for mirror in counters.mirrors.values():
+            # WAL PostgreSQL has decoded and this job not yet acknowledged: what the slot holds back.
+            METRICS.set("lakesink_source_lag_bytes", max(0, stream.sent_up_to - lsn), app_id=mirror.sink.app_id,
+                        table=mirror.sink.uri)  # fmt: skip
 
 
 def cdc_status(

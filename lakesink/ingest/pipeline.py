@@ -29,6 +29,7 @@ from typing import Generic, TypeVar
 import pyarrow as pa
 
 from lakesink.delta.log_entry import StagedFile
+from lakesink.metrics import METRICS
 from lakesink.write.file_writer import GroupFiles
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,13 @@ class _Budget:
                     raise _Stopped
                 self._cond.wait(0.1)
             self._used += amount
+        METRICS.add("lakesink_in_flight_bytes", amount)
 
     def release(self, amount: int) -> None:
         with self._cond:
             self._used -= amount
             self._cond.notify_all()
+        METRICS.add("lakesink_in_flight_bytes", -amount)
 
 
 class Emitter(Generic[S]):

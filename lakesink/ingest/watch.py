@@ -22,6 +22,7 @@ from lakesink.config import DEFAULT_MAX_RECORD_BYTES, positive_int
 from lakesink.errors import ConfigError
 from lakesink.ingest.report import IngestReport
 from lakesink.ingest.run import ingest_files
+from lakesink.metrics import METRICS
 from lakesink.sink import Sink
 from lakesink.sources.files import FilePosition, FileSource, Format
 from lakesink.storage.options import StorageOptions
@@ -122,6 +123,10 @@ def watch(
             rows += last.rows_written
             commits += last.commits
             position = last.end_position
+        covered = FilePosition.decode(position).file_index if position is not None else 0
+        left = files.files[covered:] if files is not None else []
+        METRICS.set("lakesink_source_lag_files", len(left), app_id=app_id, table=table_uri)
+        METRICS.set("lakesink_source_lag_bytes", sum(f.size for f in left), app_id=app_id, table=table_uri)
         if on_round is not None:
             on_round(report(""))
         if max_rounds is not None and rounds >= max_rounds:
