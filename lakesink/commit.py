@@ -305,12 +305,19 @@ class Committer:
 def _recorded(job: _Job, result: WriteResult, started: float, size: int) -> WriteResult:
     """`result`, once its commit is counted in lakesink.metrics."""
     if result.committed:
+        seconds = time.monotonic() - started
+        log.debug(
+            "committed position %d of %r to %s: version %d, %d rows, %d files, %.3f s",
+            job.position, job.app_id, job.handle.uri, result.table_version, result.rows, result.files, seconds,
+            extra={"app_id": job.app_id, "table": job.handle.uri, "version": result.table_version, "position": job.position,
+                   "rows": result.rows, "files": result.files, "bytes": size, "seconds": round(seconds, 4)},
+        )  # fmt: skip
         labels = {"app_id": job.app_id, "table": job.handle.uri}
         METRICS.inc("lakesink_commits_total", 1, **labels)
         METRICS.inc("lakesink_rows_written_total", result.rows, **labels)
         METRICS.inc("lakesink_files_written_total", result.files, **labels)
         METRICS.inc("lakesink_bytes_written_total", size, **labels)
-        METRICS.observe("lakesink_commit_seconds", time.monotonic() - started, **labels)
+        METRICS.observe("lakesink_commit_seconds", seconds, **labels)
         if result.reason == _LOST_ANSWER:
             METRICS.inc("lakesink_lost_answers_resolved_total", 1, **labels)
     return result

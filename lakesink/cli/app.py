@@ -17,6 +17,7 @@ import click
 
 from lakesink.cli.cdc import cdc_command
 from lakesink.cli.ingest import ingest_command
+from lakesink.cli.logs import JsonFormatter
 from lakesink.cli.tables import compact_command, gc_command, status_command, vacuum_command, verify_command
 
 # delta-rs reads RUST_LOG once, when it is imported (before any option is parsed); this is what
@@ -47,17 +48,22 @@ class _Main(click.Group):
         return super().main(*args, **kwargs)
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, log_format: str) -> None:
     logger = logging.getLogger("lakesink")
     for old in [h for h in logger.handlers if h.get_name() == "lakesink-cli"]:
         logger.removeHandler(old)  # an earlier command in this process (tests) had its own stderr
-    if verbose <= 0:
+    if verbose <= 0 and log_format != "json":
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name("lakesink-cli")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        # For machines: every event, each commit included (the text log shows those at -vv).
+        handler.setFormatter(JsonFormatter())
+        logger.setLevel(logging.DEBUG)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +75,12 @@ def _configure_logging(verbose: int) -> None:
     help="Log to stderr: -v what each run decides (table, resume point, retries), -vv each batch too, and "
     "delta-rs's own debug log (RUST_LOG, unless set). Secrets are never logged.",
 )
-def main(verbose: int) -> None:
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one JSON object per event on stderr (app_id, table, version, position, rows, bytes, seconds...), "
+    "every commit included; text: lines, at the -v level.",
+)  # fmt: skip
+def main(verbose: int, log_format: str) -> None:
     """Move records into a Delta Lake table exactly once.
 
     \b
@@ -80,7 +91,7 @@ def main(verbose: int) -> None:
     \b
     Exit codes: 0 ok, 1 fix and rerun, 2 usage, 75 transient (rerun as is).
     """
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
 
 
 main.add_command(ingest_command)

@@ -146,6 +146,9 @@ def ingest_files(
         log.info(
             "ingest done: %d rows in %d commits, %d batches already committed, %d rows quarantined",
             run.rows_written, run.commits, run.skipped, run.rows_quarantined,
+            extra={"app_id": app_id, "table": sink.uri, "rows": run.rows_written, "commits": run.commits,
+                   "bytes": run.bytes_written, "position": sink.committed_position(),
+                   "seconds": round(time.monotonic() - started, 3)},
         )  # fmt: skip
         return IngestReport(
             source=source,
