@@ -40,6 +40,7 @@ from lakesink.delta.log_store import ConditionalPutUnsupported, open_log_store
 from lakesink.delta.log_store import LogStore as LogStore
 from lakesink.delta.merge import MergePlan, metric, quote
 from lakesink.delta.table import TableHandle
+from lakesink.display import dataclass_html
 from lakesink.errors import (
     CommitOutcomeUnknown,
     ConcurrentWriterError,
@@ -77,6 +78,9 @@ class WriteResult:
     @property
     def committed(self) -> bool:
         return self.status == "committed"
+
+    def _repr_html_(self) -> str:
+        return dataclass_html(self)
 
 
 class AnyPrevious:

@@ -28,6 +28,7 @@ from lakesink.crashpoints import crash_point
 from lakesink.delta.log_entry import StagedFile
 from lakesink.delta.merge import MergePlan
 from lakesink.delta.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
+from lakesink.display import html_table
 from lakesink.errors import ConfigError, InvalidPosition
 from lakesink.layout import tombstone_table_uri
 from lakesink.storage.objects import ObjectStore, open_store
@@ -93,6 +94,19 @@ class Sink:
 
     def __repr__(self) -> str:
         return f"Sink({self.uri!r}, app_id={self.app_id!r}, storage_options={self._options!r})"
+
+    def _repr_html_(self) -> str:
+        handle = self._handle
+        return html_table(
+            "Sink",
+            [
+                ("table", self.uri),
+                ("app_id", self.app_id),
+                ("table version", handle.version() if handle is not None else "(not created yet)"),
+                ("committed position", handle.committed_position(self.app_id) if handle is not None else None),
+                ("storage options", repr(self._options)),
+            ],
+        )
 
     def __enter__(self) -> Sink:
         return self

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from lakesink.display import dataclass_html
+
 
 @dataclass(frozen=True, slots=True)
 class IngestProgress:
@@ -45,6 +47,9 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def _repr_html_(self) -> str:
+        return dataclass_html(self)
 
     def summary(self) -> str:
         quarantined = (

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from lakesink.commit import compact
 from lakesink.config import DEFAULT_TARGET_FILE_BYTES, positive_int
 from lakesink.delta.table import TableHandle
+from lakesink.display import dataclass_html
 from lakesink.errors import ConfigError, TableError
 from lakesink.storage.options import StorageOptions
 from lakesink.storage.uri import normalize_table_uri
@@ -30,6 +31,9 @@ class CompactReport:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def _repr_html_(self) -> str:
+        return dataclass_html(self)
 
     def summary(self) -> str:
         return (

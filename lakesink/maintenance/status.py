@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from lakesink.delta.log_reader import txn_actions
 from lakesink.delta.table import TableHandle
+from lakesink.display import dataclass_html
 from lakesink.layout import ledger_path
 from lakesink.sources.files import FileSource
 from lakesink.sources.positions import FilePosition
@@ -55,6 +56,9 @@ class TableStatus:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def _repr_html_(self) -> str:
+        return dataclass_html(self)
 
 
 def table_status(

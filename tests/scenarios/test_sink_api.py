@@ -226,3 +226,23 @@ def test_a_batch_cut_from_an_older_position_is_stale_and_writes_nothing(table_ur
     assert (result.status, result.committed_position) == ("stale", 10)
     assert behind.write(pa.table({"id": list(range(10, 15))}), position=15, previous=10).status == "committed"
     assert sorted(read_table(table_uri, storage_options).column("id").to_pylist()) == list(range(15))
+
+
+def test_results_render_as_small_html_tables_in_notebooks_and_read_well_as_repr(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    with lakesink.Sink(uri, app_id="nb", storage_options={"AWS_SECRET_ACCESS_KEY": "CANARY-nb"}) as sink:
+        assert "(not created yet)" in sink._repr_html_()
+        result = sink.write([{"id": 1, "name": "<b>x</b>"}], position=7)
+        html = sink._repr_html_()
+        assert "<table>" in html and "nb" in html and ">7<" in html and "CANARY" not in html
+    assert "<td style='text-align:left'>committed</td>" in result._repr_html_()
+    assert repr(result).startswith("WriteResult(status='committed'")
+    status = lakesink.table_status(uri)
+    assert "TableStatus" in status._repr_html_() and "nb=7" in status._repr_html_()
+    assert "&lt;" not in status._repr_html_()  # nothing to escape here; escaping is checked below
+    from lakesink.display import html_table
+
+    assert html_table("<t>", [("a&b", "<x>")]) == (
+        "<table><caption style='text-align:left'><b>&lt;t&gt;</b></caption><tr><th style='text-align:left'>a&amp;b</th>"
+        "<td style='text-align:left'>&lt;x&gt;</td></tr></table>"
+    )
