@@ -99,6 +99,10 @@ from lakesink.sources.records import Format
     "them under a name starting with '.' or '_' and rename), until SIGTERM/SIGINT, which stops at a commit boundary (exit 0).",
 )  # fmt: skip
 @click.option("--poll", metavar="DURATION", default="10s", show_default=True, help="With --watch: how often to list SOURCE.")
+@click.option(
+    "--compact-every", type=click.IntRange(min=1), metavar="N",
+    help="With --watch: compact the table's small files between polls once this run made N commits since the last time.",
+)  # fmt: skip
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), metavar="PORT", help=METRICS_HELP_PORT)
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS", help=METRICS_HELP_HOST)
 @click.option("--metrics-file", metavar="PATH", help=METRICS_HELP_FILE)
@@ -126,6 +130,7 @@ def ingest_command(
     as_json: bool,
     watch: bool,
     poll: str,
+    compact_every: int | None,
     metrics_port: int | None,
     metrics_host: str,
     metrics_file: str | None,
@@ -180,7 +185,7 @@ def ingest_command(
     if watch:
         _watch(source, table, app_id=app_id, poll=poll, as_json=as_json, fmt=fmt, write=write, partition_by=partition_by,
                evolve_schema=evolve_schema, bad_records=bad_records, schema=schema, storage_options=storage_options,
-               max_record_bytes=max_record_bytes)  # fmt: skip
+               max_record_bytes=max_record_bytes, compact_every=compact_every)  # fmt: skip
         return
 
     def run(on_progress: Callable[[IngestProgress], None] | None) -> IngestReport:

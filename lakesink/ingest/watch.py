@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lakesink.config import DEFAULT_MAX_RECORD_BYTES, positive_int
+from lakesink.commit import compact
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_TARGET_FILE_BYTES, positive_int
+from lakesink.delta.table import TableHandle
 from lakesink.errors import ConfigError
 from lakesink.ingest.report import IngestReport
 from lakesink.ingest.run import ingest_files
@@ -81,11 +83,14 @@ def watch(
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     storage_options: dict[str, str] | None = None,
     on_round: Callable[[WatchReport], None] | None = None,
+    compact_every: int | None = None,
     **options: object,
 ) -> WatchReport:
     """Ingest the files at `source` into `table_uri` as they land, until `stop` is set (or after
     `max_rounds` polls); every stop is at a commit boundary. `options` are `ingest`'s (commit
-    interval, write config, partitioning, bad records, schema, ...).
+    interval, write config, partitioning, bad records, schema, ...). With `compact_every`, the table's
+    small files are compacted (lakesink.commit.compact, a commit of its own that changes no data)
+    between rounds once this run made that many commits since the last compaction.
 
     Raises:
         as `ingest`; ConfigError for a poll interval that is not positive.
@@ -94,6 +99,9 @@ def watch(
         raise ConfigError(f"the poll interval must be positive, not {poll_seconds!r}")
     if max_rounds is not None:
         positive_int(max_rounds, what="max_rounds")
+    if compact_every is not None:
+        positive_int(compact_every, what="compact_every", unit="commits")
+    compacted_at = 0
     resolved = StorageOptions.resolve(storage_options)
     started = time.monotonic()
     seen: dict[str, tuple[int, int]] = {}
@@ -123,6 +131,9 @@ def watch(
             rows += last.rows_written
             commits += last.commits
             position = last.end_position
+        if compact_every is not None and commits - compacted_at >= compact_every:
+            _compact(table_uri, resolved)
+            compacted_at = commits
         covered = FilePosition.decode(position).file_index if position is not None else 0
         left = files.files[covered:] if files is not None else []
         METRICS.set("lakesink_source_lag_files", len(left), app_id=app_id, table=table_uri)
@@ -133,6 +144,13 @@ def watch(
             return report("rounds")
         stop.wait(poll_seconds)
     return report("signal")
+
+
+def _compact(table_uri: str, options: StorageOptions) -> None:
+    handle = TableHandle.open(table_uri, options, writing=True)
+    if handle is not None:
+        target = int(str(handle.configuration().get("delta.targetFileSize", DEFAULT_TARGET_FILE_BYTES)))
+        compact(handle, target_bytes=target)
 
 
 def _listing(source: str, format: Format | None, options: StorageOptions, max_record_bytes: int) -> FileSource | None:

@@ -123,3 +123,16 @@ def test_sigterm_in_the_middle_of_a_backlog_commits_what_was_read_and_exits_0(tm
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     assert_exactly_once(str(table), None, dataset.ids)
+
+
+def test_a_watch_run_compacts_between_polls_every_n_commits(tmp_path: Path) -> None:
+    from lakesink.ingest.watch import watch
+    from tests.support.checks import table_files
+
+    dataset = write_ndjson_files(tmp_path / "landing", files=8, rows_per_file=50)
+    table = tmp_path / "table"
+    report = watch(str(dataset.directory), str(table), app_id="landing", stop=threading.Event(), poll_seconds=0.05,
+                   max_rounds=3, batch_rows=20, compact_every=5)  # fmt: skip
+    assert report.stopped == "rounds" and report.commits == 20 and report.end_position == dataset.end_position
+    assert len(table_files(str(table), None)) == 1  # 20 small files compacted into one
+    assert_exactly_once(str(table), None, dataset.ids)
