@@ -12,15 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.localstack_server import start_localstack_server
 from tests.support.moto_server import MotoServer, start_moto_server
 from tests.support.postgres import PostgresServer, PostgresUnavailable, start_postgres
 
 _bucket_ids = itertools.count()
+_S3_SERVER = os.environ.get("LAKESINK_TEST_S3", "moto")
+if _S3_SERVER not in ("moto", "localstack"):
+    raise pytest.UsageError(f"LAKESINK_TEST_S3 must be moto or localstack, not {_S3_SERVER!r}")
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    server = start_moto_server()
+    """The session's S3 server: moto, or LocalStack when LAKESINK_TEST_S3=localstack (tests/support/localstack_server.py)."""
+    server = start_localstack_server() if _S3_SERVER == "localstack" else start_moto_server()
     try:
         yield server
     finally:
