@@ -85,6 +85,7 @@ def ingest(
         ConfigError: two options that set the same limit, or a bad value.
         SchemaMismatch, TransientError: see lakesink.errors.
     """
+    _write_config(write, commit_interval, batch_rows)  # a bad option fails before anything is listed or read
     options = StorageOptions.resolve(storage_options)
     files = FileSource(source, format=format, storage_options=options, max_record_bytes=max_record_bytes)
     return ingest_files(
