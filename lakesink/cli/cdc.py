@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
-from types import FrameType
 
 import click
 
 from lakesink import CdcReport, CommitInterval, LakesinkError, capture_changes, cdc_status
 from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
-from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options
+from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options, stop_on_signals
 from lakesink.config import parse_duration
 
 
@@ -101,14 +98,7 @@ def cdc_command(
             fail(exc, as_json)
         click.echo(json.dumps(status) if as_json else _status_text(status))
         return
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        click.echo(f"{signal.Signals(signum).name}: stopping at the next commit boundary", err=True)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+    stop = stop_on_signals()
     try:
         with MetricsExport(port=metrics_port, host=metrics_host, textfile=metrics_file):
             report = capture_changes(

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import atexit
 import json
-import signal
 import sys
-import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
@@ -28,7 +25,7 @@ from lakesink import (
     watch,
 )
 from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
-from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options
+from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options, stop_on_signals
 from lakesink.cli.progress import ProgressLines, progress_bar
 from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_WRITE_THREADS, parse_duration, parse_schema, parse_size
 from lakesink.sources.records import Format
@@ -177,32 +174,27 @@ def ingest_command(
         raise click.BadParameter(str(exc)) from exc
     storage_options = parse_storage_options(storage_pairs)
     show = sys.stderr.isatty() if progress is None else progress
-    try:
-        export = MetricsExport(port=metrics_port, host=metrics_host, textfile=metrics_file).__enter__()
-    except LakesinkError as exc:
-        fail(exc, as_json)
-    atexit.register(export.__exit__, None, None, None)
-    if watch:
-        _watch(source, table, app_id=app_id, poll=poll, as_json=as_json, fmt=fmt, write=write, partition_by=partition_by,
-               evolve_schema=evolve_schema, bad_records=bad_records, schema=schema, storage_options=storage_options,
-               max_record_bytes=max_record_bytes, compact_every=compact_every)  # fmt: skip
-        return
+    with ExitStack() as exports:
+        try:
+            exports.enter_context(MetricsExport(port=metrics_port, host=metrics_host, textfile=metrics_file))
+        except LakesinkError as exc:
+            fail(exc, as_json)
+        if watch:
+            _watch(source, table, app_id=app_id, poll=poll, as_json=as_json, fmt=fmt, write=write, partition_by=partition_by,
+                   evolve_schema=evolve_schema, bad_records=bad_records, schema=schema, storage_options=storage_options,
+                   max_record_bytes=max_record_bytes, compact_every=compact_every)  # fmt: skip
+        else:
+            _ingest_once(source, table, app_id=app_id, as_json=as_json, show=show, fmt=fmt, write=write,
+                         partition_by=partition_by, evolve_schema=evolve_schema, bad_records=bad_records,
+                         max_record_bytes=max_record_bytes, schema=schema, storage_options=storage_options)  # fmt: skip
+
+
+def _ingest_once(source: str, table: str, *, app_id: str, as_json: bool, show: bool, fmt: Format | None,
+                 **options: Any) -> None:  # fmt: skip
+    """One run over SOURCE, with a progress bar on a terminal (or lines), then the report."""
 
     def run(on_progress: Callable[[IngestProgress], None] | None) -> IngestReport:
-        return ingest(
-            source,
-            table,
-            app_id=app_id,
-            format=fmt,
-            write=write,
-            partition_by=partition_by,
-            evolve_schema=evolve_schema,
-            bad_records=bad_records,
-            max_record_bytes=max_record_bytes,
-            schema=schema,
-            storage_options=storage_options,
-            on_progress=on_progress,
-        )
+        return ingest(source, table, app_id=app_id, format=fmt, on_progress=on_progress, **options)
 
     try:
         if show and sys.stderr.isatty() and not as_json:
@@ -235,14 +227,7 @@ def _watch(source: str, table: str, *, app_id: str, poll: str, as_json: bool, fm
         seconds = parse_duration(poll, what="--poll")
     except LakesinkError as exc:
         raise click.BadParameter(str(exc)) from exc
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        click.echo(f"{signal.Signals(signum).name}: stopping at the next commit boundary", err=True)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+    stop = stop_on_signals()
 
     def on_round(report: WatchReport) -> None:
         if report.ingests and not as_json:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
+import threading
 from collections.abc import Mapping
+from types import FrameType
 from typing import NoReturn
 
 import click
@@ -79,3 +82,17 @@ def fail(exc: LakesinkError, as_json: bool) -> NoReturn:
         hint = "rerun the same command; nothing was lost or duplicated" if code == EXIT_TRANSIENT else "fix the cause, then rerun"
         click.echo(f"error ({type(exc).__name__}): {message}\n({kind}: {hint})", err=True)
     sys.exit(code)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set (saying so on stderr): a long-running command stops at its
+    next commit boundary and exits 0 instead of dying mid-commit."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        click.echo(f"{signal.Signals(signum).name}: stopping at the next commit boundary", err=True)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return stop
