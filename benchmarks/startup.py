@@ -58,9 +58,20 @@ RECORDS = 100
 TOP = 15
 # Modules the start of a command should not pay for unless it uses them (issue 15).
 HEAVY = (
-    "pyarrow", "pyarrow.compute", "pyarrow.dataset", "pyarrow.parquet", "numpy", "deltalake", "polars", "pandas",
-    "boto3", "botocore", "psycopg2", "prometheus_client", "rich",
-)  # fmt: skip
+    "pyarrow",
+    "pyarrow.compute",
+    "pyarrow.dataset",
+    "pyarrow.parquet",
+    "numpy",
+    "deltalake",
+    "polars",
+    "pandas",
+    "boto3",
+    "botocore",
+    "psycopg2",
+    "prometheus_client",
+    "rich",
+)
 STRACE = shutil.which("strace") or "/usr/bin/strace"
 
 
@@ -128,8 +139,9 @@ def importtime(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]
     return {
         "modules": len(rows),
         "self_total_ms": round(sum(r[0] for r in rows) / 1e3, 1),
-        "top_cumulative": [{"module": n, "cumulative_ms": round(c / 1e3, 1), "self_ms": round(s / 1e3, 1), "depth": d}
-                           for s, c, d, n in top],  # fmt: skip
+        "top_cumulative": [
+            {"module": n, "cumulative_ms": round(c / 1e3, 1), "self_ms": round(s / 1e3, 1), "depth": d} for s, c, d, n in top
+        ],
         "heavy_imported": [h for h in HEAVY if h in names],
         "lakesink_modules": sorted(n for n in names if n.startswith("lakesink")),
     }
@@ -139,8 +151,12 @@ def stats(values: list[float | None]) -> dict[str, Any]:
     xs = [v for v in values if v is not None]
     if not xs:
         return {"median_ms": None, "min_ms": None, "max_ms": None, "runs_ms": []}
-    return {"median_ms": round(statistics.median(xs), 1), "min_ms": round(min(xs), 1), "max_ms": round(max(xs), 1),
-            "runs_ms": [round(x, 1) for x in values if x is not None]}  # fmt: skip
+    return {
+        "median_ms": round(statistics.median(xs), 1),
+        "min_ms": round(min(xs), 1),
+        "max_ms": round(max(xs), 1),
+        "runs_ms": [round(x, 1) for x in values if x is not None],
+    }
 
 
 def snapshot(into: Path) -> dict[str, Any]:
@@ -168,7 +184,10 @@ def run(runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lakesink-startup-") as tmp:
         scratch = Path(tmp)
         measured = snapshot(scratch / "measured")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(scratch / "measured"), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(scratch / "measured"), os.environ.get("PYTHONPATH")])),
+        }
         env.pop("PYTHONPROFILEIMPORTTIME", None)
         src = write_source(scratch)
         version, help_ = [*program, "--version"], [*program, "--help"]
@@ -201,14 +220,23 @@ def run(runs: int) -> dict[str, Any]:
                 raise SystemExit(f"ingest did not write {RECORDS} rows: {done.stdout}")
             t_ingest.append(ms)
             log = scratch / f"strace-{i}.txt"
-            ms, done = timed([STRACE, "-f", "--seccomp-bpf", "-ttt", "-e", "trace=execve,openat", "-o", str(log), *ingest(i, "traced")], env, scratch)
+            ms, done = timed(
+                [STRACE, "-f", "--seccomp-bpf", "-ttt", "-e", "trace=execve,openat", "-o", str(log), *ingest(i, "traced")],
+                env,
+                scratch,
+            )
             check(done, "strace ingest")
             t_traced.append(ms)
             first_src, first_file = first_opens(log.read_text(), src)
             t_src.append(first_src)
             t_file.append(first_file)
-            print(f"run {i + 1}/{runs}: --version {t_version[-1]:.0f} ms, --help {t_help[-1]:.0f} ms, ingest {t_ingest[-1]:.0f} ms, "
-                  f"first source file opened at {first_file or float('nan'):.0f} ms (traced)", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"run {i + 1}/{runs}: --version {t_version[-1]:.0f} ms, --help {t_help[-1]:.0f} ms, "
+                f"ingest {t_ingest[-1]:.0f} ms, "
+                f"first source file opened at {first_file or float('nan'):.0f} ms (traced)",
+                file=sys.stderr,
+                flush=True,
+            )
         imports = {
             "version": importtime(version, env, scratch),
             "help": importtime(help_, env, scratch),
@@ -233,7 +261,8 @@ def run(runs: int) -> dict[str, Any]:
             "ingest_traced": stats(t_traced),
         },
         "ingest_traced": {
-            "note": "strace -f --seccomp-bpf -ttt -e trace=execve,openat; ms from the script's execve; strace slows syscalls a little",
+            "note": "strace -f --seccomp-bpf -ttt -e trace=execve,openat; ms from the script's execve; "
+            "strace slows syscalls a little",
             "first_open_of_src": stats(t_src),
             "first_open_of_source_file": stats(t_file),
         },
@@ -287,11 +316,15 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     for name, imp in result["importtime"].items():
         lines += [
             f"`{result['commands'][name]}`, PYTHONPROFILEIMPORTTIME (one run): {imp['modules']} modules, "
-            f"{imp['self_total_ms']:.0f} ms of imports in all; heavy modules imported: {', '.join(imp['heavy_imported']) or 'none'}.",
+            f"{imp['self_total_ms']:.0f} ms of imports in all; "
+            f"heavy modules imported: {', '.join(imp['heavy_imported']) or 'none'}.",
             "",
             "| module (top by cumulative) | cumulative ms | self ms |",
             "| --- | ---: | ---: |",
-            *[f"| {'&nbsp;' * 2 * t['depth']}{t['module']} | {t['cumulative_ms']:.1f} | {t['self_ms']:.1f} |" for t in imp["top_cumulative"]],
+            *[
+                f"| {'&nbsp;' * 2 * t['depth']}{t['module']} | {t['cumulative_ms']:.1f} | {t['self_ms']:.1f} |"
+                for t in imp["top_cumulative"]
+            ],
             "",
         ]
     return "\n".join(lines)
@@ -319,8 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     result.update(run(runs))
     if baseline is not None:
         result["baseline"] = {k: baseline[k] for k in ("label", "when", "lakesink_measured", "wall", "ingest_traced")}
-        result["baseline"]["importtime"] = {k: {"self_total_ms": v["self_total_ms"], "heavy_imported": v["heavy_imported"]}
-                                            for k, v in baseline["importtime"].items()}  # fmt: skip
+        result["baseline"]["importtime"] = {
+            k: {"self_total_ms": v["self_total_ms"], "heavy_imported": v["heavy_imported"]}
+            for k, v in baseline["importtime"].items()
+        }
     result["config"]["seconds_total"] = round(time.perf_counter() - started, 1)
     out = RESULTS / f"{name}.json"
     write_results(out, result)
