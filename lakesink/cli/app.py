@@ -7,6 +7,7 @@ lost or duplicated by rerunning).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -15,10 +16,39 @@ from typing import Any
 
 import click
 
-from lakesink.cli.cdc import cdc_command
-from lakesink.cli.ingest import ingest_command
-from lakesink.cli.logs import JsonFormatter
-from lakesink.cli.tables import compact_command, gc_command, status_command, vacuum_command, verify_command
+from lakesink._version import __version__
+
+# Each command: the module and attribute defining it, imported only when that command runs (or its
+# --help is asked), and the first paragraph of its docstring, for the listing in `lakesink --help`
+# (tests/unit/test_startup.py checks that each is the command's own). pyarrow, deltalake, psycopg2 and
+# the rest load with the command that uses them, never for --help or --version.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ingest": (
+        "lakesink.cli.ingest:ingest_command",
+        "Ingest the files at SOURCE into the Delta table TABLE, each record exactly once.",
+    ),
+    "cdc": (
+        "lakesink.cli.cdc:cdc_command",
+        "Mirror the tables of a PostgreSQL publication into Delta tables under ROOT.",
+    ),
+    "status": (
+        "lakesink.cli.tables:status_command",
+        "Show TABLE's version, files, rows and every app id's committed position.",
+    ),
+    "gc": (
+        "lakesink.cli.tables:gc_command",
+        "Delete staged files of TABLE that no version references (left by crashed or losing writers).",
+    ),
+    "verify": (
+        "lakesink.cli.tables:verify_command",
+        "Check that every file TABLE references is present, whole and readable; exit 1 if not.",
+    ),
+    "compact": ("lakesink.cli.tables:compact_command", "Rewrite TABLE's small files into files of about --target-size."),
+    "vacuum": (
+        "lakesink.cli.tables:vacuum_command",
+        "Delete files that later commits removed from TABLE (compaction, MERGE) once older than --retention.",
+    ),
+}
 
 # delta-rs reads RUST_LOG once, when it is imported (before any option is parsed); this is what
 # -vv sets, unless RUST_LOG is set already. Its S3 client prints credentials as "******".
@@ -39,6 +69,36 @@ def _verbosity(args: list[str]) -> int:
 
 
 class _Main(click.Group):
+    """The `lakesink` group: its commands (COMMANDS) imported on demand (click's lazy-loading group pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = COMMANDS[cmd_name][0].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The listing of `lakesink --help`: a command not imported yet is described from COMMANDS."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            command = self.commands.get(name)
+            if command is None and name in COMMANDS:
+                command = click.Command(name, help=COMMANDS[name][1])  # shortened as click shortens the real one's
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def main(self, *args: Any, **kwargs: Any) -> Any:
         # Only when run as a program (args from sys.argv), never inside a test's CliRunner: re-run
         # this process with RUST_LOG set, since delta-rs has read it already.
@@ -49,6 +109,8 @@ class _Main(click.Group):
 
 
 def _configure_logging(verbose: int, log_format: str) -> None:
+    from lakesink.cli.logs import JsonFormatter
+
     logger = logging.getLogger("lakesink")
     for old in [h for h in logger.handlers if h.get_name() == "lakesink-cli"]:
         logger.removeHandler(old)  # an earlier command in this process (tests) had its own stderr
@@ -67,7 +129,7 @@ def _configure_logging(verbose: int, log_format: str) -> None:
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="lakesink")
+@click.version_option(__version__, prog_name="lakesink")
 @click.option(
     "-v",
     "--verbose",
@@ -92,12 +154,3 @@ def main(verbose: int, log_format: str) -> None:
     Exit codes: 0 ok, 1 fix and rerun, 2 usage, 75 transient (rerun as is).
     """
     _configure_logging(verbose, log_format)
-
-
-main.add_command(ingest_command)
-main.add_command(cdc_command)
-main.add_command(status_command)
-main.add_command(gc_command)
-main.add_command(verify_command)
-main.add_command(compact_command)
-main.add_command(vacuum_command)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 
-from lakesink import CdcReport, CommitInterval, LakesinkError, capture_changes, cdc_status
 from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options, stop_on_signals
-from lakesink.config import parse_duration
+from lakesink.errors import LakesinkError
+
+if TYPE_CHECKING:
+    from lakesink.ingest.cdc import CdcReport
 
 
 @click.command("cdc")
@@ -85,6 +88,9 @@ def cdc_command(
       lakesink cdc 'host=127.0.0.1 dbname=shop user=cdc' ./lake/shop --app-id shop \\
           --slot lakesink_shop --publication shop --snapshot --until-idle 30s
     """
+    from lakesink.config import CommitInterval, parse_duration
+    from lakesink.ingest.cdc import capture_changes, cdc_status
+
     try:
         interval = CommitInterval.parse(commit_interval)
         idle = parse_duration(until_idle, what="--until-idle") if until_idle is not None else None

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import click
 
-from lakesink import LakesinkError, TransientError
+from lakesink.errors import LakesinkError, TransientError
 
 EXIT_TERMINAL = 1
 EXIT_TRANSIENT = 75

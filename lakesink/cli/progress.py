@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
-from lakesink import IngestProgress
+if TYPE_CHECKING:
+    from lakesink.ingest.report import IngestProgress
 
 
 class ProgressLines:

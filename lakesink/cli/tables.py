@@ -8,12 +8,15 @@ from datetime import timedelta
 
 import click
 
-from lakesink import LakesinkError, collect_garbage, compact_table, table_status, vacuum_table, verify_table
 from lakesink.cli.output import EXIT_TERMINAL, STORAGE_HELP, fail, parse_storage_options
-from lakesink.config import parse_duration, parse_size
+from lakesink.errors import LakesinkError
+
+# Each command imports what it runs when it runs: `lakesink <command> --help` loads no pyarrow or deltalake.
 
 
 def _older_than(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    from lakesink.config import parse_duration
+
     try:
         return timedelta(seconds=parse_duration(value, what="--older-than", allow_zero=True))
     except LakesinkError as exc:
@@ -32,6 +35,8 @@ def status_command(table: str, source: str | None, storage_pairs: tuple[str, ...
     For a file source's app id: the file and record it stands at and when it last committed;
     with --source, how many files and bytes are left to ingest (its lag).
     """
+    from lakesink.maintenance.status import table_status
+
     try:
         status = table_status(table, storage_options=parse_storage_options(storage_pairs), source=source)
     except LakesinkError as exc:
@@ -84,6 +89,8 @@ def gc_command(table: str, older_than: timedelta, dry_run: bool, storage_pairs: 
     Example:
       lakesink gc ./lake/events --older-than 6h --dry-run
     """
+    from lakesink.maintenance.gc import collect_garbage
+
     try:
         options = parse_storage_options(storage_pairs)
         report = collect_garbage(table, older_than=older_than, dry_run=dry_run, storage_options=options)
@@ -115,6 +122,8 @@ def verify_command(table: str, keys: tuple[str, ...], storage_pairs: tuple[str, 
     Example:
       lakesink verify s3://lake/events --key id
     """
+    from lakesink.maintenance.verify import verify_table
+
     try:
         report = verify_table(table, key_columns=keys, storage_options=parse_storage_options(storage_pairs))
     except LakesinkError as exc:
@@ -148,6 +157,9 @@ def compact_command(table: str, target_size: str, where: str | None, storage_pai
     Example:
       lakesink compact s3://lake/events --where "day >= '2026-11-01'"
     """
+    from lakesink.config import parse_size
+    from lakesink.maintenance.compact import compact_table
+
     try:
         size = parse_size(target_size, what="--target-size")
     except LakesinkError as exc:
@@ -185,6 +197,9 @@ def vacuum_command(
     Example:
       lakesink vacuum s3://lake/events --retention 7d --dry-run
     """
+    from lakesink.config import parse_duration
+    from lakesink.maintenance.vacuum import vacuum_table
+
     try:
         seconds = parse_duration(retention, what="--retention", allow_zero=True)
     except LakesinkError as exc:
