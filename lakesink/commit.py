@@ -9,8 +9,9 @@
 3. A create that got no answer may have landed (timeout, reset): read the entry back and decide
    from the write id in its commitInfo. If the entry cannot be read, raise CommitOutcomeUnknown
    and keep the staged files, so a rerun resolves it.
-4. Every `delta.checkpointInterval` versions, checkpoint (through delta-rs), so readers and the
-   next writer's open replay a short log.
+4. Every `delta.checkpointInterval` versions, have the version checkpointed (through delta-rs),
+   so readers and the next writer's open replay a short log: in the background
+   (lakesink.delta.checkpointer), so no commit waits for one; a failed checkpoint is a warning.
 
 Where the store cannot create an object only if absent, or the table's commits are coordinated
 another way (a DynamoDB lock: lakesink.delta.log_store.open_log_store), commits go through delta-rs,
@@ -34,6 +35,7 @@ import pyarrow as pa
 
 from lakesink._version import __version__
 from lakesink.crashpoints import crash_point
+from lakesink.delta.checkpointer import BackgroundCheckpointer, Checkpointer
 from lakesink.delta.errors import CommitConflict, CommitNotAnswered
 from lakesink.delta.log_entry import WRITE_ID_KEY, EntrySummary, StagedFile, encode_append, summarize
 from lakesink.delta.log_store import ConditionalPutUnsupported, open_log_store
@@ -209,7 +211,9 @@ class Committer:
 
     `log_store` is where lakesink creates log entries itself (by default the table's, opened at the
     first commit); once a store proves unable to create an object only if absent, or the options
-    say commits are coordinated another way, delta-rs commits instead.
+    say commits are coordinated another way, delta-rs commits instead. `checkpointer` writes the
+    checkpoints the commits make due (by default in a background thread of its own); `close`
+    waits for it, bounded.
     """
 
     def __init__(
@@ -221,6 +225,7 @@ class Committer:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         policy: CommitPolicy | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self._uri = uri
         self._options = options
@@ -229,6 +234,12 @@ class Committer:
         self._clock = clock
         self._sleep = sleep
         self._policy = policy or CommitPolicy()
+        self.checkpointer: Checkpointer = checkpointer or BackgroundCheckpointer(uri, options)
+
+    def close(self, *, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds (the checkpointer's default if None) for the checkpoint being
+        written in the background; True if none is left running (see lakesink.delta.checkpointer)."""
+        return self.checkpointer.close(timeout=timeout)
 
     def commit(
         self,
@@ -253,7 +264,10 @@ class Committer:
             SchemaMismatch: another writer changed the table's schema so that the staged files no longer fit.
             TerminalError: the commit was refused for a reason retrying cannot fix.
         """
-        job = _Job(handle, staged, app_id, position, schema, partition_by, self._clock, previous, self._sleep, self._policy)
+        job = _Job(
+            handle, staged, app_id, position, schema, partition_by, self._clock, previous, self._sleep, self._policy,
+            self.checkpointer,
+        )  # fmt: skip
         started = time.monotonic()
         return _recorded(job, self._commit(job), started, sum(f.size for f in staged))
 
@@ -286,7 +300,10 @@ class Committer:
         Raises:
             as `commit`; ConfigError for a plan delta-rs cannot run (a bad window predicate).
         """
-        job = _Job(handle, (), app_id, position, source.schema, (), self._clock, previous, self._sleep, self._policy)
+        job = _Job(
+            handle, (), app_id, position, source.schema, (), self._clock, previous, self._sleep, self._policy,
+            self.checkpointer,
+        )  # fmt: skip
         metrics: dict[str, Any] = {}
 
         def attempt(read_version: int, write_id: str) -> None:
@@ -294,7 +311,6 @@ class Committer:
                 handle.merge(
                     source, plan, app_id=app_id, position=position, now_ms=int(job.clock() * 1000),
                     commit_info=job.commit_info(write_id),
-                    cleanup_expired_logs=_cleanup_on_this_commit(handle.configuration(), read_version),
                 )
             )  # fmt: skip
 
@@ -337,7 +353,6 @@ def _append_attempt(job: _Job) -> Callable[[int, str], None]:
             position=job.position,
             now_ms=int(job.clock() * 1000),
             commit_info=job.commit_info(write_id),
-            cleanup_expired_logs=_cleanup_on_this_commit(job.handle.configuration(), read_version),
         )
 
     return attempt
@@ -357,6 +372,7 @@ class _Job:
     previous: int | AnyPrevious | None
     sleep: Callable[[float], None]
     policy: CommitPolicy
+    checkpointer: Checkpointer
 
     def settled(self, *, retried: bool, write_id: str, since: int) -> WriteResult | None:
         """`settled` for this job; after an attempt, a commit that landed with our write id is ours."""
@@ -499,23 +515,21 @@ def _after_own_commit(job: _Job, version: int, *, reason: str = "") -> WriteResu
     crash_point("after_commit")
     handle.advance(version, {job.app_id: job.position})
     log.debug("committed %d of %r: %d files, version %d", job.position, job.app_id, len(job.staged), version)
-    configuration = handle.configuration()
-    interval = _checkpoint_interval(configuration)
-    if version % interval == 0:
-        # Delta's own writers clean up expired log entries after a checkpoint (the only thing that
-        # makes older entries expendable); the cleanup LISTs the whole log, so once in ten.
-        cleanup = version % (interval * CLEANUP_EVERY) == 0 and _expired_log_cleanup_enabled(configuration)
-        try:
-            handle.checkpoint(cleanup_expired_logs=cleanup)
-        except LakesinkError as exc:
-            # The commit landed; a missing checkpoint only makes the log longer to read until the next one.
-            log.warning(
-                "committed version %d of %s, but could not checkpoint it (%s); the next interval tries again",
-                version,
-                handle.uri,
-                exc,
-            )
+    _checkpoint_if_due(job, version, version)
     return job.committed(reason=reason)
+
+
+def _checkpoint_if_due(job: _Job, ours: int, newest: int) -> None:
+    """Our commit made version `ours`; if it is a checkpoint version, have `newest` (the newest
+    version known, >= ours) checkpointed in the background: the commit never waits for it."""
+    configuration = job.handle.configuration()
+    interval = _checkpoint_interval(configuration)
+    if ours % interval != 0:
+        return
+    # Delta's own writers clean up expired log entries after a checkpoint (the only thing that
+    # makes older entries expendable); the cleanup LISTs the whole log, so once in ten.
+    cleanup = ours % (interval * CLEANUP_EVERY) == 0 and _expired_log_cleanup_enabled(configuration)
+    job.checkpointer.checkpoint(newest, cleanup_expired_logs=cleanup)
 
 
 def _expired_log_cleanup_enabled(configuration: Mapping[str, str]) -> bool:
@@ -564,6 +578,9 @@ def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], Non
             pass  # the commit landed; the next write refreshes before it trusts the snapshot
         else:
             handle.note_own_commit(app_id, position, read_version=read_version)
+            # delta-rs's post-commit hook is told not to checkpoint (it would, inline); when no other
+            # writer got in first, ours is the version after the one we read.
+            _checkpoint_if_due(job, read_version + 1, handle.version())
         log.debug(
             "committed %d of %r: %d files, %d rows, version %d",
             position, app_id, len(job.staged), sum(f.num_records for f in job.staged), handle.version(),
@@ -585,19 +602,6 @@ def _refresh_or_unknown(job: _Job, cause: BaseException) -> None:
                 raise
             job.sleep(_backoff(job.policy, attempt))
     raise job.outcome_unknown(f"{cause}; the log could not be read back to decide", cause)
-
-
-def _cleanup_on_this_commit(configuration: Mapping[str, str], read_version: int) -> bool | None:
-    """Whether delta-rs's post-commit hook may clean up expired log entries on this commit.
-
-    Left to the table config, delta-rs would run that cleanup, which LISTs the whole log, on every
-    commit. Delta's writers clean up after a checkpoint, so allow it (None: as the table says) only
-    on one commit in `CLEANUP_EVERY` that is expected to checkpoint: delta-rs checkpoints version v
-    when (v + 1) % interval == 0, and this commit becomes read_version + 1 unless another writer got
-    in first (then the cleanup runs on a later one; retention is a minimum, never a promise).
-    """
-    interval = _checkpoint_interval(configuration)
-    return None if (read_version + 2) % (interval * CLEANUP_EVERY) == 0 else False
 
 
 # One checkpoint in this many also runs the expired-log cleanup (benchmarks/README.md says why).

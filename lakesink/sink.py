@@ -115,8 +115,10 @@ class Sink:
         self.close()
 
     def close(self) -> None:
-        """Release the table snapshot. Nothing is pending: every write commits before it returns."""
+        """Release the table snapshot. Every write commits before it returns; a checkpoint being
+        written in the background is waited for (bounded: lakesink.delta.checkpointer)."""
         self._handle = None
+        self._committer.close()
 
     @property
     def partition_by(self) -> list[str]:

@@ -198,20 +198,6 @@ class TableHandle:
         self._txn_cache = carried
         self._version = version
 
-    def checkpoint(self, *, cleanup_expired_logs: bool) -> None:
-        """Bring the delta-rs snapshot up to date and write a checkpoint of it (and `_last_checkpoint`).
-
-        Raises:
-            StorageUnavailable: the store did not answer.
-        """
-        self.refresh()
-        try:
-            self._table.create_checkpoint()
-            if cleanup_expired_logs:
-                self._table.cleanup_metadata()
-        except Exception as exc:
-            raise translate(exc, self.options, doing=f"checkpoint {self.uri}") from exc
-
     def check_writable(self) -> None:
         """Refuse a table whose writer protocol asks for more than appending Parquet files.
 
@@ -316,11 +302,10 @@ class TableHandle:
         position: int,
         now_ms: int,
         commit_info: Mapping[str, object],
-        cleanup_expired_logs: bool | None,
     ) -> None:
-        """Commit `staged` with `txn(app_id, position)` through delta-rs, which checks for conflicts
-        and writes the checkpoint its post-commit hook is due (`cleanup_expired_logs`: None as the
-        table says, False never).
+        """Commit `staged` with `txn(app_id, position)` through delta-rs, which checks for conflicts.
+        Its post-commit hook neither checkpoints nor cleans up: lakesink.commit has that done in the
+        background (lakesink.delta.checkpointer).
 
         Raises:
             CommitConflict: another writer committed since this snapshot in a way delta-rs refuses.
@@ -336,9 +321,7 @@ class TableHandle:
                 commit_properties=CommitProperties(
                     custom_metadata=dict(commit_info), app_transactions=[Transaction(app_id, position, now_ms)]
                 ),
-                post_commithook_properties=PostCommitHookProperties(
-                    create_checkpoint=True, cleanup_expired_logs=cleanup_expired_logs
-                ),
+                post_commithook_properties=_NO_POST_COMMIT_WORK,
             )
         except CommitFailedError as exc:
             raise CommitConflict(translate(exc, None, doing="commit").args[0]) from exc
@@ -357,7 +340,6 @@ class TableHandle:
         position: int,
         now_ms: int,
         commit_info: Mapping[str, object],
-        cleanup_expired_logs: bool | None,
     ) -> dict[str, Any]:
         """MERGE `source` into the table as `plan` says, in one commit that also sets
         `txn(app_id, position)`, on this handle's snapshot (delta-rs refuses it if another writer
@@ -379,9 +361,7 @@ class TableHandle:
                 commit_properties=CommitProperties(
                     custom_metadata=dict(commit_info), app_transactions=[Transaction(app_id, position, now_ms)]
                 ),
-                post_commithook_properties=PostCommitHookProperties(
-                    create_checkpoint=True, cleanup_expired_logs=cleanup_expired_logs
-                ),
+                post_commithook_properties=_NO_POST_COMMIT_WORK,
             )
             metrics = plan.apply(builder).execute()
         except CommitFailedError as exc:
@@ -396,7 +376,7 @@ class TableHandle:
             # A merge that changes no row commits nothing, txn included: commit the position alone.
             self.commit_transaction(
                 [], schema=self.arrow_schema(), partition_by=self.partition_columns(), app_id=app_id, position=position,
-                now_ms=now_ms, commit_info=commit_info, cleanup_expired_logs=cleanup_expired_logs,
+                now_ms=now_ms, commit_info=commit_info,
             )  # fmt: skip
         self._version = self._table.version()
         return dict(metrics)
@@ -487,6 +467,11 @@ class TableHandle:
                           else found.column(name) for name in found.column_names})  # fmt: skip
         distinct = keys.group_by(keys.column_names).aggregate([])
         return found.join(distinct, keys.column_names, join_type="inner")
+
+# Commits through delta-rs leave the checkpoint (and the expired-log cleanup after it) to
+# lakesink.commit, which has it written in the background instead of inside the commit.
+_NO_POST_COMMIT_WORK = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
+
 
 def _is_plan_error(exc: BaseException) -> bool:
     """delta-rs's answer to SQL it cannot plan (a bad window predicate or column): nothing was written."""

@@ -112,9 +112,9 @@ def test_a_lost_answer_to_the_table_creating_commit_still_creates_the_table_once
 def test_lost_answers_to_the_checkpoint_write_are_retried_and_change_no_row(
     how: str, proxy: FaultProxy, proxied_options: dict[str, str], s3_bucket: str, s3_options: dict[str, str]
 ) -> None:
-    """The commit of version 20 is followed by a checkpoint (delta-rs's create_checkpoint); its first
-    two answers are lost. object_store re-sends that PUT (it overwrites), the write is committed, and
-    later writes read the table through the checkpoint with every row once."""
+    """The commit of version 20 is followed by a checkpoint (delta-rs's create_checkpoint, in the
+    background); its first two answers are lost. object_store re-sends that PUT (it overwrites), the
+    write is committed, and later writes read the table through the checkpoint with every row once."""
     uri = f"s3://{s3_bucket}/table"
     checkpoint = r"/_delta_log/\d{20}\.checkpoint\.parquet"
     with Sink(uri, app_id=APP_ID, storage_options=proxied_options) as sink:
@@ -122,6 +122,7 @@ def test_lost_answers_to_the_checkpoint_write_are_retried_and_change_no_row(
             sink.write(rows(position), position=position)
         proxy.drop_response_after_apply(checkpoint, how=how, times=2)
         assert sink.write(rows(20), position=20).status == "committed"  # version 20: the checkpoint
+        sink.close()  # waits for the background checkpoint; the sink reopens the table on the next write
         assert not proxy.armed()
         outcomes = [(e.status, e.action) for e in proxy.matching(checkpoint, method="PUT")]
         print(f"{how}: checkpoint PUTs {outcomes}")
