@@ -9,8 +9,6 @@ neither pyarrow nor deltalake, so the `lakesink` command starts quickly and impo
 command it runs needs.
 """
 
-from __future__ import annotations
-
 import importlib
 import sys
 import types
@@ -103,7 +101,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """The public names and the module's dunders (not the helpers imported here)."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
 
 
 class _Package(types.ModuleType):

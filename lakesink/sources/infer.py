@@ -19,7 +19,6 @@ import re
 from collections.abc import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lakesink.errors import BadRecord
 from lakesink.sources.files import FilePosition, FileSource
@@ -115,6 +114,8 @@ def _unify(tables: list[pa.Table]) -> pa.Schema:
 def _fractions_fit(tables: list[pa.Table], name: str) -> bool:
     """Whether a column of integers and floats may be double: some value has a fraction, and every
     integer is one a double holds exactly (|n| <= 2**53), so no value changes."""
+    import pyarrow.compute as pc
+
     fraction = False
     for table in tables:
         if name not in table.column_names:
@@ -159,5 +160,7 @@ def _kind_of_text(columns: list[pa.ChunkedArray]) -> pa.DataType | None:
 
 
 def _all_match(column: pa.ChunkedArray, pattern: re.Pattern[str]) -> bool:
+    import pyarrow.compute as pc
+
     matched = pc.match_substring_regex(column.drop_null(), pattern.pattern)
     return bool(pc.all(matched).as_py())

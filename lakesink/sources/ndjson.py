@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from lakesink.errors import BadRecord
@@ -264,6 +263,8 @@ def count_newlines(data: bytearray, start: int, stop: int) -> int:
 
 def _matches(data: bytearray, pattern: str) -> bool:
     """Whether RE2 finds `pattern` in `data` (read in place, as one binary value)."""
+    import pyarrow.compute as pc
+
     # Not pa.array([0, n]): converting a Python list makes pyarrow import pandas (0.2 s) to ask
     # whether it is a pandas object.
     offsets = pa.py_buffer(struct.pack("=qq", 0, len(data)))
@@ -311,6 +312,8 @@ def _dates_and_times(table: pa.Table, schema: pa.Schema | None) -> pa.Table:
     Raises:
         pyarrow.ArrowInvalid: a value that is not such a date or time (the slow path finds its record).
     """
+    import pyarrow.compute as pc
+
     if schema is None:
         return table
     for field in schema:

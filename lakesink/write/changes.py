@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lakesink.config import Dedup, Upsert
 from lakesink.errors import BadRecord, ConfigError
@@ -24,6 +23,8 @@ def check_columns(data: pa.Table, mode: Upsert | Dedup) -> None:
         ConfigError: a named column is missing (the message lists the input's columns).
         BadRecord: a key or order value is null (naming the first such row) or a flag is not bool.
     """
+    import pyarrow.compute as pc
+
     named = [*mode.key]
     if isinstance(mode, Upsert):
         named += [mode.order_by, *mode.flag_columns, *(column for column, _ in mode.keep_flags)]
@@ -50,6 +51,8 @@ def last_change_per_key(data: pa.Table, mode: Upsert) -> pa.Table:
     Only the key and order columns are sorted and grouped; the rows are taken once, and a batch
     whose keys are all distinct (inserts of new rows) is returned as it is.
     """
+    import pyarrow.compute as pc
+
     if data.num_rows == 0:
         return data
     keys = data.select([*mode.key, mode.order_by]).append_column(_ROW, pa.array(range(data.num_rows), pa.int64()))
@@ -97,6 +100,8 @@ def _carry_kept_values(collapsed: pa.Table, data: pa.Table, ordered: pa.Table, m
 
 def first_row_per_key(data: pa.Table, key: Sequence[str]) -> pa.Table:
     """One row per key: the first in the batch."""
+    import pyarrow.compute as pc
+
     if data.num_rows == 0:
         return data
     numbered = data.append_column(_ROW, pa.array(range(data.num_rows), pa.int64()))
@@ -107,6 +112,8 @@ def first_row_per_key(data: pa.Table, key: Sequence[str]) -> pa.Table:
 def without_outdated(data: pa.Table, tombstones: pa.Table, mode: Upsert) -> pa.Table:
     """`data` without the changes older than a tombstone of their key (a delete applied, or about to
     be, with a higher order): replayed, they would bring a deleted row back."""
+    import pyarrow.compute as pc
+
     if tombstones.num_rows == 0 or data.num_rows == 0:
         return data
     deleted_at = "__lakesink_deleted_at"
@@ -123,6 +130,8 @@ def without_outdated(data: pa.Table, tombstones: pa.Table, mode: Upsert) -> pa.T
 
 def deletes(data: pa.Table, mode: Upsert) -> pa.Table:
     """The tombstones a batch leaves: (key..., order) of each key whose last change deletes it."""
+    import pyarrow.compute as pc
+
     if mode.delete_flag is None or data.num_rows == 0:
         return data.select([*mode.key, mode.order_by]).slice(0, 0)
     return data.filter(pc.fill_null(data.column(mode.delete_flag), False)).select([*mode.key, mode.order_by])

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from lakesink.errors import ConfigError, SchemaMismatch
 from lakesink.write.convert import plain_type
@@ -164,6 +163,8 @@ def _in_range(table: pa.Table) -> pa.Table:
     Raises:
         SchemaMismatch: naming the column and its first value out of range.
     """
+    import pyarrow.compute as pc
+
     for name, column in _temporal_columns(table.schema, table.columns, ""):
         low, high = (_DAYS if pa.types.is_date32(column.type) else _MICROS)
         as_int = column.cast(pa.int32() if pa.types.is_date32(column.type) else pa.int64())
@@ -203,6 +204,8 @@ def _cast_columns(data: pa.Table, target: pa.Schema) -> pa.Table:
 
 
 def _cast_column(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    import pyarrow.compute as pc
+
     source = column.type
     if not field.nullable and column.null_count:
         raise SchemaMismatch(f"column {field.name!r} is not nullable in the table but has {column.null_count} null(s)")

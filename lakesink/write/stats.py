@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakesink.errors import InternalError
@@ -106,6 +105,8 @@ class FloatColumns:
             self._visit((field.name,), column)
 
     def _visit(self, path: ColumnPath, column: pa.ChunkedArray) -> None:
+        import pyarrow.compute as pc
+
         if pa.types.is_floating(column.type):
             bounds = self.columns.setdefault(path, FloatBounds())
             bounds.nulls += column.null_count
