@@ -5,24 +5,27 @@
     python benchmarks/startup.py --quick                   # 3 runs
     python benchmarks/startup.py --save-as startup-before  # results/startup-before.{json,md}
     python benchmarks/startup.py --baseline startup-before # adds a before/after table from that file
+    python benchmarks/startup.py --rev 0089968 --save-as startup-before   # lakesink/ as committed there
 
 Each run is a fresh process of the installed `lakesink` script (the one beside this Python), run
-against a copy of lakesink/ taken at the start (as in throughput.py: others edit this tree; the copy
-is put first on PYTHONPATH, and byte-compiled at once, so no run compiles lakesink's sources; a
-discarded warm-up run of each command comes first). It measures, from outside, without instrumenting lakesink:
+against a copy of lakesink/ taken at the start: the working tree's, or as committed at `--rev` (as
+in throughput.py: others edit this tree). The copy is put first on PYTHONPATH and byte-compiled at
+once, so no run compiles lakesink's sources; a discarded warm-up run of each command comes first.
+It measures, from outside, without instrumenting lakesink:
 
 (a) `lakesink --version`: wall time of the process;
 (b) `lakesink --help`: wall time;
-(c) `lakesink ingest SRC TABLE --app-id a --json --no-progress`, SRC one NDJSON file of 100
-    records, TABLE a fresh local table each run: wall time without tracing, and, in a separate run
-    under `strace -f --seccomp-bpf -ttt -e trace=execve,openat`, the time from the execve of the script to the
-    first openat of SRC (the listing opens the folder) and to the first openat of a file under SRC
-    (the first source byte read follows it). strace slows every traced syscall a little (and the
-    traced process's wall time more than that), so those figures are a little high; the untraced wall
-    time is the plain figure.
-(d) `PYTHONPROFILEIMPORTTIME=1` (what `python -X importtime` prints) for each of the three
-    commands, once: the sum of every module's own import time, the top 15 modules by cumulative
-    time, and which heavy third-party modules were imported at all.
+(c) `lakesink ingest --help`: wall time;
+(d) `lakesink ingest SRC TABLE --app-id a --json --no-progress`, SRC one NDJSON file of 100
+    records, TABLE a fresh local table each run: wall time without tracing; and, in a separate run
+    under `strace -f --seccomp-bpf -ttt -e trace=execve,openat`, the time from the execve of the
+    script to the first openat of SRC (the listing opens the folder) and to the first openat of a
+    file under SRC (its first byte is read right after). strace slows each traced syscall (every
+    module file opened is one), so those figures are somewhat high; the untraced wall time is
+    the plain figure.
+(f) `PYTHONPROFILEIMPORTTIME=1` (what `python -X importtime` prints) for each command, once: the
+    sum of every module's own import time, the top 15 modules by cumulative time, and which heavy
+    third-party modules were imported at all.
 (e) `python -c pass` and `python -c "import click"`: the floor any Python CLI pays.
 
 Output: benchmarks/results/startup.json and startup.md (also printed); `--quick` writes
@@ -159,31 +162,38 @@ def stats(values: list[float | None]) -> dict[str, Any]:
     }
 
 
-def snapshot(into: Path) -> dict[str, Any]:
+def snapshot(into: Path, rev: str | None) -> dict[str, Any]:
+    """lakesink/ as it is now (or at git revision `rev`) copied into `into`, byte-compiled; which lakesink that is."""
+
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
 
-    shutil.copytree(ROOT / "lakesink", into / "lakesink", ignore=shutil.ignore_patterns("__pycache__"))
+    if rev is None:
+        shutil.copytree(ROOT / "lakesink", into / "lakesink", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        into.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", rev, "lakesink"], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     # Bytecode now, as an install has it: runs must not compile (PYTHONDONTWRITEBYTECODE may be set).
     compileall.compile_dir(into / "lakesink", quiet=1)
     digest = hashlib.sha256()
     for path in sorted((into / "lakesink").rglob("*.py")):
         digest.update(path.relative_to(into).as_posix().encode() + b"\0" + path.read_bytes())
     return {
-        "commit": git("rev-parse", "HEAD") or None,
-        "uncommitted_changes_in_lakesink": bool(git("status", "--porcelain", "--", "lakesink")),
+        "commit": git("rev-parse", rev or "HEAD") or None,
+        "uncommitted_changes_in_lakesink": False if rev else bool(git("status", "--porcelain", "--", "lakesink")),
         "sources_sha256": digest.hexdigest()[:16],
     }
 
 
-def run(runs: int) -> dict[str, Any]:
+def run(runs: int, rev: str | None) -> dict[str, Any]:
     program = lakesink_program()
     with tempfile.TemporaryDirectory(prefix="lakesink-startup-") as tmp:
         scratch = Path(tmp)
-        measured = snapshot(scratch / "measured")
+        measured = snapshot(scratch / "measured", rev)
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(scratch / "measured"), os.environ.get("PYTHONPATH")])),
@@ -336,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="runs of each command")
     parser.add_argument("--save-as", metavar="NAME", help="write results/NAME.json and .md (default startup[-quick])")
     parser.add_argument("--label", help="a label kept in the JSON (default: the --save-as name)")
+    parser.add_argument("--rev", help="measure lakesink/ as committed at this git revision (default: the working tree)")
     parser.add_argument("--baseline", metavar="NAME", help="compare with results/NAME.json (e.g. startup-before)")
     args = parser.parse_args(argv)
     runs = args.runs or (QUICK_RUNS if args.quick else RUNS)
@@ -349,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "config": {"runs": runs, "records": RECORDS, "program": lakesink_program()},
     }
-    result.update(run(runs))
+    result.update(run(runs, args.rev))
     if baseline is not None:
         result["baseline"] = {k: baseline[k] for k in ("label", "when", "lakesink_measured", "wall", "ingest_traced")}
         result["baseline"]["importtime"] = {
