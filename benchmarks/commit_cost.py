@@ -23,8 +23,8 @@ first's (the goal: at most 1.2x for each). Right after each lakesink window the 
 writes also go to a new, empty table on the same store: on a shared machine whose load changes over
 a 20-minute run, the window's median over that fresh table's (`ratio_to_fresh_table`) is the growth
 due to history alone. For the lakesink runs each write is also split
-into phases (stage, refresh, txn lookup, commit: the log entry's create, and the checkpoint through
-delta-rs on every 20th version), commits that
+into phases (stage, refresh, txn lookup, commit: the log entry's create, and on every 20th version handing
+the checkpoint to the background worker, lakesink.delta.checkpointer), commits that
 wrote a checkpoint are reported apart, and at the end of every window the benchmark probes what
 the store's LIST costs at that size (moto's ListObjectsV2 of `_delta_log/` with start-after, as
 delta-rs sends it; the number of `_delta_log` entries on local disk): a checkpoint commit lists the
@@ -203,8 +203,8 @@ def instrumented(phases: Phases) -> Iterator[None]:
         (TableHandle, "committed_position", "committed_position"),
         (DeltaTable, "update_incremental", "update_incremental"),
         (DeltaTable, "transaction_version", "transaction_version"),
-        # The whole commit protocol (lakesink.commit): the log entry's create, and the checkpoint
-        # through delta-rs every interval.
+        # The whole commit protocol (lakesink.commit): the log entry's create, and every interval
+        # handing the checkpoint to the background worker (which writes it off this timer).
         (Committer, "commit", "commit"),
     ]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
