@@ -172,10 +172,47 @@ def check_files_fit(
 
 
 def create_table(
-    uri: str, options: StorageOptions, *, schema: pa.Schema, partition_by: Sequence[str], checkpoint_interval: int
+    uri: str,
+    options: StorageOptions,
+    *,
+    schema: pa.Schema,
+    partition_by: Sequence[str],
+    checkpoint_interval: int,
+    clock: Callable[[], float] = time.time,
 ) -> TableHandle:
-    """Create the table (version 0), or open it if a concurrent writer created it first."""
-    return TableHandle.create(uri, options, schema=schema, partition_by=partition_by, checkpoint_interval=checkpoint_interval)
+    """Create the table (version 0), or open it if a concurrent writer created it first.
+
+    Where lakesink creates its log entries itself, entry 0 is one create-only PUT too, and the
+    handle starts from what it wrote (delta-rs's create read the new log back three times: 12
+    requests on S3). Whoever creates entry 0 first made the table; a writer that lost, or whose
+    answer was lost, opens the table that is there.
+
+    Raises:
+        StorageUnavailable: no answer, and no table there: nothing was written; rerun.
+    """
+    configuration = {"delta.checkpointInterval": str(checkpoint_interval)}
+    log_store = open_log_store(uri, options)
+    if log_store is None:
+        return TableHandle.create(uri, options, schema=schema, partition_by=partition_by, configuration=configuration)
+    body = TableHandle.first_entry(
+        schema, partition_by=partition_by, configuration=configuration, now_ms=int(clock() * 1000),
+        client_version=f"lakesink-{__version__}",
+    )  # fmt: skip
+    cause: StorageUnavailable | None = None
+    try:
+        created: bool | None = log_store.create(0, body)
+    except ConditionalPutUnsupported:
+        return TableHandle.create(uri, options, schema=schema, partition_by=partition_by, configuration=configuration)
+    except StorageUnavailable as exc:
+        created, cause = None, exc
+    if created:
+        log.info("created table %s (partitioned by %s, storage options %r)", uri, list(partition_by) or "nothing", options)
+        return TableHandle.created(uri, options, body)
+    handle = TableHandle.open(uri, options, writing=True)
+    if handle is None:
+        raise StorageUnavailable(f"could not create the table {uri} ({cause}); nothing was written: rerun")
+    log.info("table %s was created by a concurrent writer (or our lost answer): using it", uri)
+    return handle
 
 
 def add_columns(handle: TableHandle, fields: Sequence[pa.Field]) -> None:

@@ -32,6 +32,7 @@ PartitionValues = tuple[tuple[str, str | None], ...]
 """(column, value as Delta serializes it in `partitionValues`) for each partition column, in order."""
 
 _LOG_ENTRY = re.compile(r"^(\d{20})\.json$")
+_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
 _LEDGER = re.compile(r"^([^/]+)/(\d{20})\.json$")
 _TEMP = re.compile(r"\.\d+\.tmp$")
 _DATA_FILE = "part-{position:020d}-{part:05d}-{slug}-{tag}.snappy.parquet"
@@ -61,6 +62,15 @@ def checkpoint_paths(version: int, parts: int | None) -> list[str]:
     if not parts:
         return [f"{LOG_DIR}/{version:020d}.checkpoint.parquet"]
     return [f"{LOG_DIR}/{version:020d}.checkpoint.{i:010d}.{parts:010d}.parquet" for i in range(1, parts + 1)]
+
+
+def checkpoint_version(path: str) -> tuple[int, int | None] | None:
+    """(version, parts: None for a single file) of a path naming a classic checkpoint file, else None
+    (a V2 checkpoint's UUID-named file included: lakesink does not read those itself)."""
+    match = _CHECKPOINT.match(path.rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(3)) if match.group(3) else None
 
 
 def log_entry_temp_name() -> str:

@@ -135,11 +135,11 @@ class Sink:
         return self._handle
 
     def committed_position(self) -> int | None:
-        """The last position committed for this app id (None before the first commit)."""
+        """The last position committed for this app id (None before the first commit), as of the
+        table this sink opened (or created, or last refreshed): no request to the store. A table
+        another writer created since is found by `refresh`, or by the first write."""
         if self._handle is None:
-            self._handle = self._open()
-            if self._handle is None:
-                return None
+            return None
         return self._handle.committed_position(self.app_id)
 
     def refresh(self) -> None:
@@ -332,6 +332,7 @@ class Sink:
             schema=schema,
             partition_by=self._partition_by,
             checkpoint_interval=self._checkpoint_interval,
+            clock=self._clock,
         )
         self._check_partitioning(handle)
         self._handle = handle

@@ -1,4 +1,5 @@
-"""The bytes of one lakesink append commit, and what any log entry tells a committer.
+"""The bytes of one lakesink append commit (and of a new table's first entry), and what any log
+entry tells a committer.
 
 An append commit is a Delta log entry (PROTOCOL.md, "Delta Log Entries") holding, one JSON
 action per line: `commitInfo` (tagged with this write's id, so a writer can recognise its own
@@ -11,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from lakesink.delta.protocol import new_table_protocol
 from lakesink.errors import TableError
 from lakesink.layout import PartitionValues, log_path
 
@@ -61,6 +63,33 @@ def encode_append(
         }
         lines.append(json.dumps({"add": add}, separators=(",", ":")))
     lines.append(json.dumps({"txn": {"appId": app_id, "version": position, "lastUpdated": now_ms}}, separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def encode_create(
+    *, schema_json: str, partition_by: Sequence[str], configuration: Mapping[str, str], table_id: str, now_ms: int,
+    client_version: str,
+) -> bytes:
+    """Log entry 0 of a new table: `protocol` (lakesink.delta.protocol.new_table_protocol) and `metaData`."""
+    metadata = {
+        "id": table_id,
+        "format": {"provider": "parquet", "options": {}},
+        "schemaString": schema_json,
+        "partitionColumns": list(partition_by),
+        "createdTime": now_ms,
+        "configuration": dict(configuration),
+    }
+    info = {
+        "timestamp": now_ms,
+        "operation": "CREATE TABLE",
+        "operationParameters": {"mode": "ErrorIfExists", "partitionBy": json.dumps(list(partition_by))},
+        "clientVersion": client_version,
+    }
+    lines = [
+        json.dumps({"commitInfo": info}, separators=(",", ":")),
+        json.dumps({"protocol": new_table_protocol(schema_json)}, separators=(",", ":")),
+        json.dumps({"metaData": metadata}, separators=(",", ":")),
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -21,13 +21,13 @@ import contextlib
 import errno
 import os
 from typing import Protocol
-from urllib.parse import urlparse
 
+from lakesink.delta.log_folder import LocalLogFolder, S3LogFolder
 from lakesink.errors import LakesinkError, StorageUnavailable
-from lakesink.layout import LOG_DIR, log_entry_name, log_entry_temp_name
+from lakesink.layout import log_entry_name, log_entry_temp_name
 from lakesink.storage.objects import fsync_path
 from lakesink.storage.options import StorageOptions
-from lakesink.storage.s3 import get_or_none, put_if_absent, s3_client
+from lakesink.storage.s3 import put_if_absent
 from lakesink.storage.uri import is_remote
 
 
@@ -57,19 +57,15 @@ class LogStore(Protocol):
         ...
 
 
-class LocalLogStore:
+class LocalLogStore(LocalLogFolder):
     """Log entries of a table on local disk."""
-
-    def __init__(self, table_dir: str) -> None:
-        self._dir = os.path.join(table_dir, LOG_DIR)
-
-    def __repr__(self) -> str:
-        return f"LocalLogStore({self._dir!r})"
 
     def create(self, version: int, body: bytes) -> bool:
         final = os.path.join(self._dir, log_entry_name(version))
         tmp = os.path.join(self._dir, log_entry_temp_name())
         try:
+            if version == 0:
+                os.makedirs(self._dir, exist_ok=True)  # a new table: its folder may not exist yet
             with open(tmp, "xb") as out:
                 out.write(body)
                 out.flush()
@@ -90,37 +86,13 @@ class LocalLogStore:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
 
-    def read(self, version: int) -> bytes | None:
-        path = os.path.join(self._dir, log_entry_name(version))
-        try:
-            with open(path, "rb") as entry:
-                return entry.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StorageUnavailable(f"could not read log entry {path}: {exc}. Check the disk, then rerun.") from exc
-
 
 # What link(2) answers on a filesystem without hard links (FAT, some FUSE and network mounts).
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV})
 
 
-class S3LogStore:
+class S3LogStore(S3LogFolder):
     """Log entries of a table on S3, created with a conditional PUT (boto3: pyarrow has none)."""
-
-    def __init__(self, table_uri: str, options: StorageOptions) -> None:
-        parsed = urlparse(table_uri)
-        self._bucket = parsed.netloc
-        prefix = parsed.path.strip("/")
-        self._prefix = f"{prefix}/{LOG_DIR}/" if prefix else f"{LOG_DIR}/"
-        self._options = options
-        self._client = s3_client(options)
-
-    def __repr__(self) -> str:
-        return f"S3LogStore(s3://{self._bucket}/{self._prefix}, storage_options={self._options!r})"
-
-    def _key(self, version: int) -> str:
-        return f"{self._prefix}{log_entry_name(version)}"
 
     def create(self, version: int, body: bytes) -> bool:
         key = self._key(version)
@@ -128,9 +100,6 @@ class S3LogStore:
         if created is None:
             raise ConditionalPutUnsupported(f"s3://{self._bucket}/{key}: the store does not support If-None-Match")
         return created
-
-    def read(self, version: int) -> bytes | None:
-        return get_or_none(self._client, self._bucket, self._key(version), self._options)
 
 
 # Options under which delta-rs coordinates commits some other way than a conditional PUT, which

@@ -66,3 +66,24 @@ def _field_metadata(node: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(node, list):
         for value in node:
             yield from _field_metadata(value)
+
+
+def new_table_protocol(schema_json: str) -> dict[str, Any]:
+    """The `protocol` action of a new table with this schema, as delta-rs chooses it: reader 1 /
+    writer 2, or 3 / 7 with the `timestampNtz` feature when a timestamp without time zone is used."""
+    if any(node == "timestamp_ntz" for node in _types(json.loads(schema_json))):
+        return {
+            "minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": ["timestampNtz"], "writerFeatures": ["timestampNtz"]
+        }  # fmt: skip
+    return {"minReaderVersion": 1, "minWriterVersion": 2}
+
+
+def _types(node: Any) -> Iterator[Any]:
+    """Every type in a Delta schema (the `type`, `elementType`, `keyType`, `valueType` values)."""
+    if isinstance(node, dict):
+        for key in ("type", "elementType", "keyType", "valueType"):
+            if key in node:
+                yield node[key]
+                yield from _types(node[key])
+        for child in node.get("fields", ()):
+            yield from _types(child)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +28,13 @@ from deltalake.exceptions import CommitFailedError, DeltaProtocolError, SchemaMi
 from deltalake.transaction import AddAction
 
 from lakesink.delta.errors import CommitConflict, CommitNotAnswered, translate
-from lakesink.delta.log_entry import StagedFile
+from lakesink.delta.log_entry import StagedFile, encode_create
+from lakesink.delta.log_folder import open_log_folder
 from lakesink.delta.merge import SOURCE, TARGET, MergePlan, metric
 from lakesink.delta.protocol import writer_protocol_problems
+from lakesink.delta.snapshot import LogNotReadHere, LogSnapshot, MetadataAction, ProtocolAction, read_snapshot, snapshot_at_zero
 from lakesink.errors import ConfigError, InternalError, TableError
-from lakesink.layout import LOG_DIR, log_entry_path
+from lakesink.layout import LOG_DIR
 from lakesink.storage.listing import visible_entries
 from lakesink.storage.objects import open_store
 from lakesink.storage.options import StorageOptions
@@ -44,30 +47,42 @@ log = logging.getLogger(__name__)
 # The `delta.checkpointInterval` of tables lakesink creates: frequent checkpoints keep log replay
 # (every open, every snapshot update) short; each costs once per interval, never per commit.
 DEFAULT_CHECKPOINT_INTERVAL = 20
+# A table property that lets readers forget old `txn`s (lakesink.ingest.resume says what that risks).
+TXN_RETENTION = "delta.setTransactionRetentionDuration"
 
 class TableHandle:
-    """A Delta table kept open between commits, with a per-snapshot cache of `txn` versions."""
+    """A Delta table kept open between commits: lakesink's own reading of the log (the version,
+    protocol, metadata and `txn`s: lakesink.delta.snapshot) and, loaded only when an operation
+    needs it (merge, compaction, reading rows), a delta-rs table."""
 
     def __init__(
         self,
-        table: DeltaTable,
+        snapshot: LogSnapshot,
         *,
         uri: str,
         options: StorageOptions,
         writing: bool = False,
+        table: DeltaTable | None = None,
+        txns_complete: bool = True,
     ) -> None:
-        self._table = table
         self.uri = uri
         self.options = options
-        self._version = table.version()
-        self._txn_cache: dict[str, tuple[int, int | None]] = {}
+        self._folder = open_log_folder(uri, options)
+        self._store = open_store(uri, options)
+        self._snapshot = snapshot
+        self._table = table
+        # False when delta-rs read the log (lakesink.delta.snapshot.LogNotReadHere): the snapshot then
+        # knows only the txns lakesink saw, and delta-rs is asked for the others.
+        self._txns_complete = txns_complete
+        self._asked: dict[str, tuple[int, int | None]] = {}  # app id -> (version, delta-rs's answer)
+        self._schema: tuple[str, pa.Schema] | None = None
         self._writing = writing
         self._checked: tuple[object, ...] | None = None
         if writing:
             self.check_writable()
 
     def __repr__(self) -> str:
-        return f"TableHandle({self.uri!r}, version={self._version})"
+        return f"TableHandle({self.uri!r}, version={self.version()})"
 
     @classmethod
     def open(cls, uri: str, options: StorageOptions, *, writing: bool = False) -> TableHandle | None:
@@ -82,16 +97,43 @@ class TableHandle:
             TableError: something is there but it is not a Delta table lakesink can read (or write).
             StorageUnavailable: the store did not answer.
         """
+        handle = cls._read(uri, options, writing=writing)
+        if handle is not None or not writing:
+            return handle
+        found = visible_entries(uri, options, limit=3)
+        if not found:
+            return None
+        # A concurrent writer creates version 0 before it stages any file: look again before refusing.
+        handle = cls._read(uri, options, writing=writing)
+        if handle is None:
+            raise TableError(
+                f"{uri} is not a Delta table: it has no {LOG_DIR} but holds other files ({', '.join(found)}"
+                f"{', ...' if len(found) >= 3 else ''}). lakesink writes only into a Delta table or an empty "
+                "location: fix the table URI, or convert that data to Delta first."
+            )
+        return handle
+
+    @classmethod
+    def _read(cls, uri: str, options: StorageOptions, *, writing: bool) -> TableHandle | None:
+        try:
+            snapshot = read_snapshot(open_log_folder(uri, options), open_store(uri, options))
+        except LogNotReadHere as exc:
+            log.info("%s: %s; delta-rs reads the log", uri, exc)
+            return cls._read_by_delta_rs(uri, options, writing=writing)
+        if snapshot is None:
+            return None
+        log.info("opened table %s at version %d (storage options %r)", uri, snapshot.version, options)
+        return cls(snapshot, uri=uri, options=options, writing=writing)
+
+    @classmethod
+    def _read_by_delta_rs(cls, uri: str, options: StorageOptions, *, writing: bool) -> TableHandle | None:
         try:
             table = DeltaTable(uri, storage_options=options.for_delta())
         except TableNotFoundError:
-            if not writing:
-                return None
-            return cls._open_after_checking_location(uri, options)
+            return None
         except Exception as exc:
             raise translate(exc, options, doing=f"open {uri}") from exc
-        log.info("opened table %s at version %d (storage options %r)", uri, table.version(), options)
-        return cls(table, uri=uri, options=options, writing=writing)
+        return cls(_snapshot_of(table), uri=uri, options=options, writing=writing, table=table, txns_complete=False)
 
     @classmethod
     def open_existing(cls, uri: str, options: StorageOptions) -> TableHandle:
@@ -110,24 +152,6 @@ class TableHandle:
         return handle
 
     @classmethod
-    def _open_after_checking_location(cls, uri: str, options: StorageOptions) -> TableHandle | None:
-        found = visible_entries(uri, options, limit=3)
-        if not found:
-            return None
-        # A concurrent writer creates version 0 before it stages any file: look again before refusing.
-        try:
-            table = DeltaTable(uri, storage_options=options.for_delta())
-        except TableNotFoundError:
-            raise TableError(
-                f"{uri} is not a Delta table: it has no {LOG_DIR} but holds other files ({', '.join(found)}"
-                f"{', ...' if len(found) >= 3 else ''}). lakesink writes only into a Delta table or an empty "
-                "location: fix the table URI, or convert that data to Delta first."
-            ) from None
-        except Exception as exc:
-            raise translate(exc, options, doing=f"open {uri}") from exc
-        return cls(table, uri=uri, options=options, writing=True)
-
-    @classmethod
     def create(
         cls,
         uri: str,
@@ -135,16 +159,17 @@ class TableHandle:
         *,
         schema: pa.Schema,
         partition_by: Sequence[str],
-        checkpoint_interval: int,
+        configuration: Mapping[str, str],
     ) -> TableHandle:
-        """Create the table, or open it if a concurrent writer created it first."""
+        """Create the table through delta-rs (a store lakesink does not commit to itself), or open
+        it if a concurrent writer created it first."""
         try:
-            DeltaTable.create(
+            table = DeltaTable.create(
                 uri,
                 schema=schema,
                 partition_by=list(partition_by) or None,
                 mode="ignore",
-                configuration={"delta.checkpointInterval": str(checkpoint_interval)},
+                configuration=dict(configuration),
                 storage_options=options.for_delta(),
                 # Version 0 or nothing: with retries, delta-rs commits a loser's CREATE TABLE as
                 # version 1, 2, ... (a new table id, the loser's schema) when a concurrent creator,
@@ -159,44 +184,105 @@ class TableHandle:
             log.info("table %s was created by a concurrent writer (or our lost answer): using it", uri)
             return created
         log.info("created table %s (partitioned by %s, storage options %r)", uri, list(partition_by) or "nothing", options)
-        handle = cls.open(uri, options, writing=True)
-        if handle is None:
-            raise TableError(f"created {uri} but cannot read it back; check the store's consistency")
-        return handle
+        # delta-rs holds version 0 as it wrote it, or as a concurrent creator did ("ignore"): the
+        # snapshot starts from the same entry, read once.
+        body = open_log_folder(uri, options).read(0)
+        if body is None or table.version() != 0:
+            handle = cls.open(uri, options, writing=True)
+            if handle is None:
+                raise TableError(f"created {uri} but cannot read it back; check the store's consistency")
+            return handle
+        return cls(snapshot_at_zero(body), uri=uri, options=options, writing=True, table=table)
+
+    @staticmethod
+    def first_entry(
+        schema: pa.Schema, *, partition_by: Sequence[str], configuration: Mapping[str, str], now_ms: int, client_version: str
+    ) -> bytes:
+        """Log entry 0 of a new table with `schema` (for lakesink.commit to create)."""
+        return encode_create(
+            schema_json=DeltaSchema.from_arrow(schema).to_json(), partition_by=partition_by, configuration=configuration,
+            table_id=str(uuid.uuid4()), now_ms=now_ms, client_version=client_version,
+        )  # fmt: skip
+
+    @classmethod
+    def created(cls, uri: str, options: StorageOptions, first_entry: bytes) -> TableHandle:
+        """The table lakesink just created with `first_entry` as its log entry 0."""
+        return cls(snapshot_at_zero(first_entry), uri=uri, options=options, writing=True)
 
     def version(self) -> int:
-        return self._version
+        return self._snapshot.version
 
     def refresh(self) -> None:
-        """Read the log entries added since the delta-rs snapshot (incrementally), up to the latest.
+        """Read the log entries added since this handle's version, up to the latest.
 
         Raises:
             StorageUnavailable: the store did not answer.
         """
         try:
-            self._table.update_incremental()
-        except Exception as exc:
-            raise translate(exc, self.options, doing=f"refresh {self.uri}") from exc
-        self._version = self._table.version()
+            snapshot = read_snapshot(self._folder, self._store, after=self._snapshot)
+        except LogNotReadHere as exc:
+            log.info("%s: %s; delta-rs reads the log", self.uri, exc)
+            self._update_delta_rs()
+            self._set(_snapshot_of(self._delta_rs()), txns_complete=False)
+        else:
+            assert snapshot is not None  # read on from a snapshot
+            self._set(snapshot, txns_complete=self._txns_complete)
+
+    def _set(self, snapshot: LogSnapshot, *, txns_complete: bool) -> None:
+        self._snapshot = snapshot
+        self._txns_complete = txns_complete
         if self._writing:
             self.check_writable()  # another writer may have upgraded the protocol
 
     def sync_delta_rs(self) -> None:
-        """Bring the delta-rs snapshot up to this handle's version, if lakesink's own entries are past it."""
-        if self._table.version() != self._version:
-            self.refresh()
+        """Have the delta-rs table at this handle's version (loaded, or brought up to the latest
+        and this handle with it), for an operation that must run on the snapshot lakesink checked."""
+        if self._table is None:
+            self._delta_rs()
+        if self._table is not None and self._table.version() != self.version():
+            self._update_delta_rs()
+            self._follow_delta_rs()
+
+    def _delta_rs(self) -> DeltaTable:
+        """The delta-rs table, loaded at this handle's version the first time it is needed."""
+        if self._table is None:
+            try:
+                self._table = DeltaTable(self.uri, version=self.version(), storage_options=self.options.for_delta())
+            except Exception as exc:
+                raise translate(exc, self.options, doing=f"open {self.uri}") from exc
+        return self._table
+
+    def _update_delta_rs(self) -> None:
+        try:
+            self._delta_rs().update_incremental()
+        except Exception as exc:
+            raise translate(exc, self.options, doing=f"refresh {self.uri}") from exc
+
+    def _follow_delta_rs(self) -> None:
+        """After delta-rs committed or read on: this handle reads up to the delta-rs version."""
+        target = self._delta_rs().version()
+        if target <= self.version():
+            return
+        try:
+            snapshot = read_snapshot(self._folder, self._store, after=self._snapshot, up_to=target)
+        except LogNotReadHere:
+            self._set(_snapshot_of(self._delta_rs()), txns_complete=False)
+            return
+        assert snapshot is not None
+        self._set(snapshot, txns_complete=self._txns_complete)
 
     def advance(self, version: int, txns: dict[str, int]) -> None:
         """Entry `version`, the one after this handle's, was created or read by lakesink: move to it.
 
-        `txns` are the positions it sets; every other cached position carries over unchanged.
+        `txns` are the positions it sets; every other position carries over unchanged.
         """
-        if version != self._version + 1:
-            raise InternalError(f"log entry {version} does not follow version {self._version}")
-        carried = {app: (version, pos) for app, (at, pos) in self._txn_cache.items() if at == self._version}
-        carried.update({app: (version, pos) for app, pos in txns.items()})
-        self._txn_cache = carried
-        self._version = version
+        current = self.version()
+        if version != current + 1:
+            raise InternalError(f"log entry {version} does not follow version {current}")
+        carried = {app: (version, pos) for app, (at, pos) in self._asked.items() if at == current}
+        carried.update({app: (version, pos) for app, pos in txns.items()})  # known here, expiring or not
+        self._asked = carried
+        self._snapshot = self._snapshot.advanced(version, txns)
 
     def check_writable(self) -> None:
         """Refuse a table whose writer protocol asks for more than appending Parquet files.
@@ -204,14 +290,17 @@ class TableHandle:
         Raises:
             TableError: naming the writer version or feature(s) lakesink cannot honour.
         """
-        protocol = self._table.protocol()
-        configuration = dict(self._table.metadata().configuration)
-        key = (protocol.min_writer_version, tuple(protocol.writer_features or ()), tuple(sorted(configuration.items())))
+        protocol, metadata = self._snapshot.protocol, self._snapshot.metadata
+        configuration = dict(metadata.configuration)
+        key = (
+            protocol.min_writer_version, protocol.writer_features, tuple(sorted(configuration.items())), metadata.schema_string
+        )  # fmt: skip
         if key == self._checked:
             return
         problems = writer_protocol_problems(
-            protocol.min_writer_version, protocol.writer_features, configuration, self._table.schema().to_json()
-        )
+            protocol.min_writer_version, list(protocol.writer_features) if protocol.writer_features is not None else None,
+            configuration, metadata.schema_string,
+        )  # fmt: skip
         if problems:
             raise TableError(
                 f"lakesink cannot write to {self.uri}: {'; '.join(problems)}. Nothing was written. Write to this "
@@ -220,27 +309,35 @@ class TableHandle:
         self._checked = key
 
     def committed_position(self, app_id: str) -> int | None:
-        """The `txn` version for `app_id` at this handle's version (None if it has none)."""
-        cached = self._txn_cache.get(app_id)
-        if cached is not None and cached[0] == self._version:
-            return cached[1]
+        """The `txn` version for `app_id` at this handle's version (None if it has none).
+
+        A table that lets `txn`s expire (`delta.setTransactionRetentionDuration`) is asked through
+        delta-rs, which hides expired ones as every Delta reader must (lakesink.ingest.resume).
+        """
+        expiring = TXN_RETENTION in self._snapshot.metadata.configuration
+        if not expiring and app_id in self._snapshot.txns:
+            return self._snapshot.txns[app_id]
+        if self._txns_complete and not expiring:
+            return None
+        asked = self._asked.get(app_id)
+        if asked is not None and asked[0] == self.version():
+            return asked[1]
         self.sync_delta_rs()  # transaction_version reads the delta-rs snapshot
-        version = self._version
         try:
-            position = self._table.transaction_version(app_id)
+            position = self._delta_rs().transaction_version(app_id)
         except Exception as exc:
             raise translate(exc, self.options, doing=f"read the txn of {app_id!r}") from exc
-        self._txn_cache[app_id] = (version, position)
+        self._asked[app_id] = (self.version(), position)
         return position
 
     def note_own_commit(self, app_id: str, position: int, *, read_version: int) -> None:
-        """After a successful commit and refresh: if ours is the only new commit, cache its txn.
+        """After a successful commit and refresh: if ours is the only new commit, remember its txn.
 
         Otherwise another writer committed too and the next read asks the log, so a zombie's
-        commit landed in between is never hidden by the cache.
+        commit landed in between is never hidden.
         """
-        if self._version == read_version + 1:
-            self._txn_cache[app_id] = (read_version + 1, position)
+        if self.version() == read_version + 1:
+            self._asked[app_id] = (read_version + 1, position)
 
     def commit_infos(self, versions: range) -> list[dict[str, Any]]:
         """The commitInfo of each given version, read by name (GETs only; no LIST of the log).
@@ -248,12 +345,10 @@ class TableHandle:
         Raises:
             StorageUnavailable: the store did not answer.
         """
-        store = open_store(self.uri, self.options)
         infos = []
         for version in versions:
-            try:
-                body = store.read_bytes(log_entry_path(version))
-            except FileNotFoundError:
+            body = self._folder.read(version)
+            if body is None:
                 continue  # expired by log clean-up: nothing to tell
             for line in body.splitlines():
                 if line.startswith(b'{"commitInfo"'):
@@ -261,17 +356,23 @@ class TableHandle:
         return infos
 
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema(self._table.schema().to_arrow())
+        text = self._snapshot.metadata.schema_string
+        if self._schema is None or self._schema[0] != text:
+            try:
+                self._schema = (text, pa.schema(DeltaSchema.from_json(text).to_arrow()))
+            except Exception as exc:
+                raise TableError(f"{self.uri}: cannot read the table's schema ({exc})") from exc
+        return self._schema[1]
 
     def partition_columns(self) -> list[str]:
-        return list(self._table.metadata().partition_columns)
+        return list(self._snapshot.metadata.partition_columns)
 
     def add_columns(self, fields: Sequence[pa.Field]) -> None:
         """Add nullable columns (schema evolution) in a commit of their own, then refresh."""
         delta_fields = DeltaSchema.from_arrow(pa.schema(fields)).fields
         self.sync_delta_rs()  # alter on a snapshot no older than lakesink's own commits
         try:
-            self._table.alter.add_columns(delta_fields)
+            self._delta_rs().alter.add_columns(delta_fields)
         except Exception as exc:
             self.refresh()
             present = set(self.arrow_schema().names)
@@ -282,15 +383,17 @@ class TableHandle:
 
     def configuration(self) -> Mapping[str, str]:
         """The table's `delta.*` (and other) properties."""
-        return dict(self._table.metadata().configuration)
+        return dict(self._snapshot.metadata.configuration)
 
     def add_actions(self) -> pa.Table:
         """The snapshot's live files, one row each (`path`, `size_bytes`, `num_records`, partition values)."""
-        return pa.table(self._table.get_add_actions(flatten=True))
+        self.sync_delta_rs()
+        return pa.table(self._delta_rs().get_add_actions(flatten=True))
 
     def dataset(self, filesystem: pafs.FileSystem) -> pads.Dataset:
         """The snapshot's rows as a pyarrow dataset read through `filesystem` (rooted at the table)."""
-        return self._table.to_pyarrow_dataset(filesystem=filesystem)
+        self.sync_delta_rs()
+        return self._delta_rs().to_pyarrow_dataset(filesystem=filesystem)
 
     def commit_transaction(
         self,
@@ -313,7 +416,7 @@ class TableHandle:
             TableError, ConfigError, StorageUnavailable: refused for a reason a retry cannot change.
         """
         try:
-            self._table.create_write_transaction(
+            self._delta_rs().create_write_transaction(
                 [AddAction(f.path, f.size, dict(f.partition_values), now_ms, True, f.stats) for f in staged],
                 "append",
                 schema,
@@ -351,9 +454,9 @@ class TableHandle:
             TableError, ConfigError, StorageUnavailable: refused for a reason a retry cannot change.
         """
         self.sync_delta_rs()
-        read_version = self._version
+        read_version = self.version()
         try:
-            builder = self._table.merge(
+            builder = self._delta_rs().merge(
                 source,
                 predicate=plan.predicate(),
                 source_alias=SOURCE,
@@ -372,13 +475,13 @@ class TableHandle:
             if _is_plan_error(exc):
                 raise ConfigError(f"cannot merge into {self.uri}: {translate(exc, None, doing='merge').args[0]}") from exc
             raise CommitNotAnswered(translate(exc, None, doing="merge").args[0]) from exc
-        if self._table.version() == read_version:
+        if self._delta_rs().version() == read_version:
             # A merge that changes no row commits nothing, txn included: commit the position alone.
             self.commit_transaction(
                 [], schema=self.arrow_schema(), partition_by=self.partition_columns(), app_id=app_id, position=position,
                 now_ms=now_ms, commit_info=commit_info,
             )  # fmt: skip
-        self._version = self._table.version()
+        self._follow_delta_rs()
         return dict(metrics)
 
     def compact(
@@ -395,8 +498,9 @@ class TableHandle:
             StorageUnavailable, TableError: the compaction could not be made; nothing was committed.
         """
         self.refresh()
+        self.sync_delta_rs()
         try:
-            metrics = self._table.optimize.compact(
+            metrics = self._delta_rs().optimize.compact(
                 partition_filters=list(partition_filters) if partition_filters else None,
                 target_size=target_bytes,
                 commit_properties=CommitProperties(max_commit_retries=max_commit_attempts),
@@ -419,8 +523,9 @@ class TableHandle:
             StorageUnavailable, TableError: the vacuum could not be made.
         """
         self.refresh()
+        self.sync_delta_rs()
         try:
-            files = self._table.vacuum(
+            files = self._delta_rs().vacuum(
                 retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=enforce_retention,
                 post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
             )  # fmt: skip
@@ -448,10 +553,10 @@ class TableHandle:
         """
         self.sync_delta_rs()
         try:
-            metrics = self._table.delete(predicate)
+            metrics = self._delta_rs().delete(predicate)
         except Exception as exc:
             raise translate(exc, self.options, doing=f"delete from {self.uri}") from exc
-        self._version = self._table.version()
+        self._follow_delta_rs()
         return metric(metrics, "num_deleted_rows")
 
     def rows_where(self, columns: Sequence[str], keys: pa.Table) -> pa.Table:
@@ -462,7 +567,7 @@ class TableHandle:
         `string_view`, which pyarrow cannot compare.
         """
         self.sync_delta_rs()
-        found = self._table.to_pyarrow_dataset().to_table(columns=list(columns))
+        found = self._delta_rs().to_pyarrow_dataset().to_table(columns=list(columns))
         found = pa.table({name: found.column(name).cast(keys.schema.field(name).type) if name in keys.column_names
                           else found.column(name) for name in found.column_names})  # fmt: skip
         distinct = keys.group_by(keys.column_names).aggregate([])
@@ -477,3 +582,24 @@ def _is_plan_error(exc: BaseException) -> bool:
     """delta-rs's answer to SQL it cannot plan (a bad window predicate or column): nothing was written."""
     text = str(exc)
     return any(marker in text for marker in ("SQL error", "Schema error", "No field named", "Error during planning"))
+
+
+def _snapshot_of(table: DeltaTable) -> LogSnapshot:
+    """The writer's view of a table delta-rs has read (its txns are asked for one by one)."""
+    protocol, metadata = table.protocol(), table.metadata()
+    return LogSnapshot(
+        version=table.version(),
+        protocol=ProtocolAction(
+            min_reader_version=protocol.min_reader_version,
+            min_writer_version=protocol.min_writer_version,
+            reader_features=tuple(protocol.reader_features) if protocol.reader_features is not None else None,
+            writer_features=tuple(protocol.writer_features) if protocol.writer_features is not None else None,
+        ),
+        metadata=MetadataAction(
+            table_id=str(metadata.id),
+            schema_string=table.schema().to_json(),
+            partition_columns=tuple(metadata.partition_columns),
+            configuration=dict(metadata.configuration),
+        ),
+        txns={},
+    )

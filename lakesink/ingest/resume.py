@@ -5,11 +5,10 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 from lakesink.delta.log_reader import txn_versions
+from lakesink.delta.table import TXN_RETENTION
 from lakesink.errors import TableError
 from lakesink.layout import LEDGER_DIR, app_slug, data_file_positions
 from lakesink.sink import Sink
-
-TXN_RETENTION = "delta.setTransactionRetentionDuration"
 
 
 def refuse_if_txn_expired(sink: Sink) -> None:

@@ -267,6 +267,10 @@ def s3_filesystem(options: StorageOptions) -> pafs.S3FileSystem:
         "connect_timeout": parse_duration(retry["CONNECT_TIMEOUT"], what="CONNECT_TIMEOUT"),
         "request_timeout": parse_duration(retry["TIMEOUT"], what="TIMEOUT"),
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(retry["MAX_RETRIES"]) + 1),
+        # An upload starts at its first full part, not at open: an object smaller than a part (a
+        # ledger, a small data file) is one PUT instead of three requests of a multipart upload.
+        # Errors (a missing bucket) then surface at close, which every writer here checks.
+        "allow_delayed_open": True,
     }
     if values.get("AWS_ACCESS_KEY_ID"):
         kwargs["access_key"] = values["AWS_ACCESS_KEY_ID"]

@@ -1,4 +1,5 @@
-"""S3 requests pyarrow cannot make: a create-only PUT (If-None-Match) and a plain GET, through boto3.
+"""S3 requests pyarrow cannot make: a create-only PUT (If-None-Match), a plain GET and a LIST from
+a key on, through boto3.
 
 Used for the log entries lakesink commits (lakesink.delta.log_store) and for staged files named by
 their content (ArrowObjectStore.create_bytes). boto3 gets the endpoint, credentials, timeouts and
@@ -35,9 +36,9 @@ def put_if_absent(client: Any, bucket: str, key: str, body: bytes, options: Stor
             return False  # another create of this key is in flight: the caller reads what is there
         if status == 501 or code == "NotImplemented":
             return None
-        raise request_error("PUT", bucket, key, exc, options) from None
+        raise request_error("PUT", bucket, key, exc, options) from exc
     except BotoCoreError as exc:
-        raise request_error("PUT", bucket, key, exc, options) from None
+        raise request_error("PUT", bucket, key, exc, options) from exc
     return True
 
 
@@ -57,9 +58,36 @@ def get_or_none(client: Any, bucket: str, key: str, options: StorageOptions) -> 
         status, code = _status(exc)
         if status == 404 and code != "NoSuchBucket":
             return None
-        raise request_error("GET", bucket, key, exc, options) from None
+        raise request_error("GET", bucket, key, exc, options) from exc
     except BotoCoreError as exc:
-        raise request_error("GET", bucket, key, exc, options) from None
+        raise request_error("GET", bucket, key, exc, options) from exc
+
+
+def list_after(client: Any, bucket: str, prefix: str, start_after: str, options: StorageOptions) -> list[str]:
+    """The keys under `prefix` that sort after `start_after` (a key), in order, every page read.
+
+    S3's StartAfter is what keeps a refresh of a long Delta log one short LIST (pyarrow's listing
+    has no such option: it lists the whole prefix).
+
+    Raises:
+        StorageUnavailable: the store did not answer.
+        ConfigError: the store refused the credentials, or the bucket does not exist.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    keys: list[str] = []
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "StartAfter": start_after}
+    try:
+        while True:
+            answer = client.list_objects_v2(**request)
+            keys.extend(item["Key"] for item in answer.get("Contents", ()))
+            if not answer.get("IsTruncated"):
+                return keys
+            request["ContinuationToken"] = answer["NextContinuationToken"]
+    except ClientError as exc:
+        raise request_error("LIST", bucket, prefix, exc, options) from exc
+    except BotoCoreError as exc:
+        raise request_error("LIST", bucket, prefix, exc, options) from exc
 
 
 def request_error(method: str, bucket: str, key: str, exc: Exception, options: StorageOptions) -> LakesinkError:
@@ -80,7 +108,7 @@ def request_error(method: str, bucket: str, key: str, exc: Exception, options: S
             f"{target}: {answer}, after {retries} retries. The store is unreachable or failing: check the endpoint, rerun."
         )
     return StorageUnavailable(
-        f"{target}: {redact(str(exc), options)}. The store is unreachable or failing: check the endpoint, rerun."
+        f"{target}: {redact(str(exc), options).rstrip('.')}. The store is unreachable or failing: check the endpoint, rerun."
     )
 
 

@@ -109,7 +109,7 @@ def test_a_canary_secret_reaches_no_output_log_error_or_object_of_any_cli_run(
         assert_no_canary(json.dumps(report), f"the JSON output of {name}")
     # The logs were on, so their silence about the canary means something.
     ingest_log = runs["ingest"].stderr
-    assert "DEBUG lakesink.commit: committed" in ingest_log and "INFO lakesink.delta.table: created table" in ingest_log
+    assert "DEBUG lakesink.commit: committed" in ingest_log and "INFO lakesink.commit: created table" in ingest_log
     assert "DEBUG deltalake_core" in ingest_log and "***" in ingest_log  # delta-rs's own log, options redacted
     assert json.loads(runs["ingest into a missing bucket"].stdout)["error"] == "ConfigError"
     assert json.loads(runs["ingest of a bad record"].stdout)["error"] == "BadRecord"
