@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakesink.errors import TableError
-from lakesink.layout import LAST_CHECKPOINT, checkpoint_paths, log_entry_version
+from lakesink.layout import LAST_CHECKPOINT, checkpoint_paths, checkpoint_version, log_entry_version
 from lakesink.storage.objects import ObjectStore
 
 _READERS = 8  # entries read at once (S3 GETs are latency-bound)
@@ -89,7 +89,11 @@ def read_snapshot(
     state = _State.of(after) if after is not None else _from_checkpoint(folder, store)
     if up_to is not None and state.version > up_to:
         raise LogNotReadHere(f"version {up_to} is older than the checkpoint at {state.version}")
-    entries = [v for v in (log_entry_version(name) for name in folder.names_after(state.version)) if v is not None]
+    names = folder.names_after(state.version)
+    newest = _newest_checkpoint(names) if after is None else None
+    if newest is not None and newest[0] > state.version and (up_to is None or newest[0] <= up_to):
+        state = _read_checkpoint(store, *newest)  # newer than the pointer says (or there is none)
+    entries = [v for v in (log_entry_version(name) for name in names) if v is not None and v > state.version]
     if up_to is not None:
         entries = [v for v in entries if v <= up_to]
     if entries and entries != list(range(state.version + 1, state.version + 1 + len(entries))):
@@ -156,21 +160,40 @@ def _from_checkpoint(folder: LogFolder, store: ObjectStore) -> _State:
         raise LogNotReadHere(f"the last-checkpoint pointer is not what this reader knows ({exc})") from exc
     if "v2Checkpoint" in pointer:
         raise LogNotReadHere("a V2 checkpoint")
+    return _read_checkpoint(store, version, parts)
+
+
+def _newest_checkpoint(names: list[str]) -> tuple[int, int | None] | None:
+    """The newest complete classic checkpoint among `names` (a listing of the log): the protocol's
+    `_last_checkpoint` is only a hint, and a reader that finds it stale or missing lists instead."""
+    found: dict[tuple[int, int | None], int] = {}
+    for name in names:
+        parsed = checkpoint_version(name)
+        if parsed is not None:
+            found[parsed] = found.get(parsed, 0) + 1
+    complete = [key for key, count in found.items() if count == (key[1] or 1)]
+    return max(complete) if complete else None
+
+
+def _read_checkpoint(store: ObjectStore, version: int, parts: int | None) -> _State:
     state = _State(version=version)
     for path in checkpoint_paths(version, parts):
         try:
             with store.open_input(path) as stream:
                 parquet = pq.ParquetFile(stream)
                 names = parquet.schema_arrow.names
-                if "sidecar" in names or "checkpointMetadata" in names:
-                    raise LogNotReadHere("a V2 checkpoint")
-                table = parquet.read(columns=[n for n in ("protocol", "metaData", "txn") if n in names], use_threads=False)
+                columns = [n for n in ("protocol", "metaData", "txn", "sidecar", "checkpointMetadata") if n in names]
+                table = parquet.read(columns=columns, use_threads=False)
         except FileNotFoundError as exc:
-            raise LogNotReadHere(f"checkpoint {path}, which the last-checkpoint pointer names, is missing") from exc
+            raise LogNotReadHere(f"checkpoint {path} is missing") from exc
         except pa.ArrowException as exc:  # not a Parquet file this reader can read: delta-rs decides
             raise LogNotReadHere(f"checkpoint {path}: {exc}") from exc
-        for kind in table.column_names:
-            state.apply(((kind, row) for row in table.column(kind).to_pylist() if row), version)
+        for v2 in ("sidecar", "checkpointMetadata"):  # delta-rs writes an empty sidecar column in classic ones
+            if v2 in table.column_names and table.column(v2).null_count < table.num_rows:
+                raise LogNotReadHere("a V2 checkpoint")
+        for kind in ("protocol", "metaData", "txn"):
+            if kind in table.column_names:
+                state.apply(((kind, row) for row in table.column(kind).to_pylist() if row), version)
     return state
 
 
