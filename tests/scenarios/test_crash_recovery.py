@@ -184,10 +184,15 @@ def test_a_sigkill_after_a_log_or_checkpoint_put_landed_then_a_rerun_leaves_ever
         assert proc.returncode == -signal.SIGKILL, f"{point}: expected SIGKILL, got {proc.returncode}: {stderr}"
         killed_on = [e for e in proxy.events if e.action.startswith("applied, then killed")]
         assert len(killed_on) == 1, [(e.method, e.path, e.action) for e in proxy.events[-5:]]
-    done_batches = after if pattern == DELTA_LOG_ENTRY else 20
-    expected = positions[done_batches - 1]
     crashed_at = committed_position(uri, s3_options, moto_server.env())
-    assert crashed_at == expected, f"{point}: killed on {killed_on[0].path}"
+    if pattern == DELTA_LOG_ENTRY:
+        expected = positions[after - 1]
+        assert crashed_at == expected, f"{point}: killed on {killed_on[0].path}"
+    else:
+        # The checkpoint of version 20 is written in the background: later batches may land before the kill.
+        assert crashed_at in positions[19:], f"{point}: killed on {killed_on[0].path} at position {crashed_at}"
+        expected = crashed_at
+    done_batches = positions.index(expected) + 1
     assert_prefix_exactly_once(uri, s3_options, dataset.ids_before(expected))
 
     rerun = run_ingest(dataset, uri, moto_server.env(), 5)
