@@ -142,7 +142,11 @@ def test_a_writer_killed_between_its_checkpoint_and_last_checkpoint_leaves_a_rea
     env.pop("LAKESINK_CRASH_AT", None)
     positions = list(range(1, 46))
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, uri, str(len(positions))], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", KILLED_WRITER, uri, str(len(positions))],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     proxy.kill_after_apply(proc.pid, CHECKPOINT_PUT)
     _out, err = proc.communicate(timeout=120)
@@ -157,7 +161,11 @@ def test_a_writer_killed_between_its_checkpoint_and_last_checkpoint_leaves_a_rea
     assert_prefix_exactly_once(uri, direct, ids(*positions[:committed]))
 
     rerun = subprocess.run(
-        [sys.executable, "-c", KILLED_WRITER, uri, str(len(positions))], env=moto_server.env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", KILLED_WRITER, uri, str(len(positions))],
+        env=moto_server.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert DeltaTable(uri, storage_options=direct).version() == len(positions)
