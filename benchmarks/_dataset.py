@@ -86,23 +86,26 @@ def rows(file_index: int, rows_per_file: int) -> pa.Table:
     )
 
 
-def ensure(cache: Path, *, files: int, rows_per_file: int) -> dict[str, DataSet]:
-    """The data set in every format, generated unless the cache already holds it complete."""
-    key = f"v{GENERATOR_VERSION}-{files}x{rows_per_file}"
+def ensure(cache: Path, *, files: int, rows_per_file: int, formats: tuple[str, ...] = FORMATS) -> dict[str, DataSet]:
+    """The data set in `formats` (default: all), generated unless the cache already holds it complete."""
+    key = f"v{GENERATOR_VERSION}-{files}x{rows_per_file}" + ("" if formats == FORMATS else "-" + "-".join(formats))
     root = cache / key
     done = root / "complete.json"
     if not done.exists():
         if root.exists():
             shutil.rmtree(root)
-        for fmt in FORMATS:
+        for fmt in formats:
             (root / fmt).mkdir(parents=True)
         for i in range(files):
             table = rows(i, rows_per_file)
             stem = f"part-{i:05d}"
-            pl.from_arrow(table).write_ndjson(root / "ndjson" / f"{stem}.ndjson")
-            pacsv.write_csv(table, root / "csv" / f"{stem}.csv")
-            pq.write_table(table, root / "parquet" / f"{stem}.parquet", compression="snappy")
+            if "ndjson" in formats:
+                pl.from_arrow(table).write_ndjson(root / "ndjson" / f"{stem}.ndjson")
+            if "csv" in formats:
+                pacsv.write_csv(table, root / "csv" / f"{stem}.csv")
+            if "parquet" in formats:
+                pq.write_table(table, root / "parquet" / f"{stem}.parquet", compression="snappy")
         done.write_text(json.dumps({"files": files, "rows_per_file": rows_per_file, "seed": SEED}) + "\n")
     return {
-        fmt: DataSet(fmt, root / fmt, tuple(sorted((root / fmt).glob(f"*.{fmt}"))), rows_per_file) for fmt in FORMATS
+        fmt: DataSet(fmt, root / fmt, tuple(sorted((root / fmt).glob(f"*.{fmt}"))), rows_per_file) for fmt in formats
     }

@@ -46,6 +46,14 @@ from lakesink.storage.uri import is_remote
 __all__ = ["Chunk", "FilePosition", "FileSource", "Format", "Rejected", "SourceFile"]
 
 _MAX_FILES = 1 << (63 - ROW_BITS)
+# NDJSON files up to this size are parsed together, up to _SMALL_RUN_BYTES and _SMALL_RUN_FILES at a
+# time (FileSource._small_files_chunks; benchmarks/README.md, "sizes.py", has the figures).
+_SMALL_FILE_BYTES = 1 << 20
+_SMALL_RUN_BYTES = 8 << 20
+_SMALL_RUN_FILES = 2048
+_SMALL_READERS = 8
+_SMALL_AHEAD_START_BYTES = 64 << 10
+_SMALL_AHEAD_BYTES = 16 << 20
 _EXTENSIONS: dict[str, Format] = {
     ".ndjson": "ndjson",
     ".jsonl": "ndjson",
@@ -139,20 +147,44 @@ class FileSource:
         schema_now: SchemaNow = schema if callable(schema) else (lambda: schema)
         with ThreadPoolExecutor(1, thread_name_prefix="lakesink-read-ahead") as executor:
             ahead = _NdjsonAhead(self, start.file_index, executor, evolve=evolve, quarantine=quarantine)
+            small = _SmallReads(self, start.file_index)
             try:
-                for index in range(start.file_index, len(self.files)):
+                index = start.file_index
+                while index < len(self.files):
                     skip = start.row if index == start.file_index else 0
-                    yield from self._file_chunks(index, skip, schema_now, ahead, evolve=evolve, quarantine=quarantine)
+                    count = self._small_run(index) if not skip else 0
+                    if count:
+                        yield from self._small_files_chunks(index, count, small, schema_now, evolve=evolve, quarantine=quarantine)
+                        index += count
+                        continue
+                    blocks: list[Block] | None = None
+                    if self.is_small(self.files[index]):
+                        blocks, error = small.get(index)
+                        if error is not None:
+                            yield from self._file_chunks(
+                                index, skip, schema_now, ahead, blocks, evolve=evolve, quarantine=quarantine, whole=False
+                            )
+                            raise error
+                    yield from self._file_chunks(index, skip, schema_now, ahead, blocks, evolve=evolve, quarantine=quarantine)
+                    index += 1
             finally:
                 ahead.stop()
+                small.stop()
+
+    def is_small(self, file: SourceFile) -> bool:
+        """An NDJSON file read whole, several at once, and parsed together with its neighbours."""
+        return file.format == "ndjson" and 0 < file.size <= _SMALL_FILE_BYTES
 
     def _file_chunks(
-        self, index: int, skip: int, schema_now: SchemaNow, ahead: _NdjsonAhead, *, evolve: bool, quarantine: bool
+        self, index: int, skip: int, schema_now: SchemaNow, ahead: _NdjsonAhead, blocks: list[Block] | None = None, *,
+        evolve: bool, quarantine: bool, whole: bool = True,
     ) -> Iterator[Chunk]:
+        """The chunks of files[index] from record `skip` on, the last marked as such (`whole`: the
+        blocks are the whole file; otherwise a read error follows them and no chunk is the last)."""
         file = self.files[index]
         records = 0
         pending: Chunk | None = None
-        for chunk in self._read(index, schema_now, ahead, evolve=evolve, quarantine=quarantine):
+        for chunk in self._read(index, schema_now, ahead, blocks, evolve=evolve, quarantine=quarantine):
             records = chunk.row_end
             if chunk.row_end <= skip:
                 continue
@@ -161,6 +193,10 @@ class FileSource:
             if pending is not None:
                 yield pending
             pending = chunk
+        if not whole:
+            if pending is not None:
+                yield pending
+            return
         if skip > records:
             raise SourceContractViolation(
                 f"{file.path!r} has {records} records but {skip} were committed: it changed after ingest"
@@ -169,14 +205,70 @@ class FileSource:
             pending = Chunk(index, file, no_columns(), records, records, last=False)
         yield replace(pending, last=True)
 
-    def _read(self, index: int, schema_now: SchemaNow, ahead: _NdjsonAhead, *, evolve: bool, quarantine: bool) -> Iterator[Chunk]:
+    def _small_run(self, first: int) -> int:
+        """How many small files from files[first] on are parsed together (up to _SMALL_RUN_BYTES and
+        _SMALL_RUN_FILES in all): 0 when files[first] is not a small one."""
+        count, total = 0, 0
+        for file in self.files[first : first + _SMALL_RUN_FILES]:
+            if not self.is_small(file) or total + file.size > _SMALL_RUN_BYTES:
+                break
+            count, total = count + 1, total + file.size
+        return count
+
+    def _small_files_chunks(
+        self, first: int, count: int, small: _SmallReads, schema_now: SchemaNow, *, evolve: bool, quarantine: bool
+    ) -> Iterator[Chunk]:
+        """Whole small NDJSON files, parsed together, as a chunk per file (slices of one table); files
+        the fast path refuses together are parsed one by one, as `_file_chunks` does."""
+        blocks: list[list[Block]] = []
+        failed: tuple[int, list[Block], Exception] | None = None
+        for index in range(first, first + count):
+            read, error = small.get(index)
+            if error is not None:  # raised after the chunks of every record before it
+                failed = (index, read, error)
+                break
+            blocks.append(read)
+        indexes = range(first, first + len(blocks))
+        readers = [
+            NdjsonReader(
+                i, self.files[i], self.location(self.files[i]), self.max_record_bytes, quarantine=quarantine, evolve=evolve
+            )
+            for i in indexes
+        ]
+        schema = schema_now()
+        # Without a schema (a new table's sample) each file keeps its own inferred types (lakesink.sources.infer).
+        table = readers[0].parse_together(blocks, schema) if schema is not None and blocks else None
+        offset = 0
+        for index, reader, file_blocks in zip(indexes, readers, blocks, strict=True):
+            if table is None:
+                chunks = list(reader.parse(file_blocks, schema_now))
+                records = chunks[-1].row_end if chunks else 0
+                last = chunks[-1] if chunks else Chunk(index, self.files[index], no_columns(), 0, 0, last=False)
+                yield from chunks[:-1]
+                yield replace(last, row_end=records, last=True)
+                continue
+            records = sum(block.records for block in file_blocks)
+            part = table.slice(offset, records) if records else no_columns()
+            offset += records
+            yield Chunk(index, self.files[index], part, 0, records, last=True)
+        if failed is not None:
+            index, read, error = failed
+            file = self.files[index]
+            reader = NdjsonReader(index, file, self.location(file), self.max_record_bytes, quarantine=quarantine, evolve=evolve)
+            yield from reader.parse(read, schema_now)
+            raise error
+
+    def _read(
+        self, index: int, schema_now: SchemaNow, ahead: _NdjsonAhead, blocks: list[Block] | None, *, evolve: bool,
+        quarantine: bool,
+    ) -> Iterator[Chunk]:
         file = self.files[index]
         if file.size == 0:
             return
         location = self.location(file)
         if file.format == "ndjson":
             ndjson = NdjsonReader(index, file, location, self.max_record_bytes, quarantine=quarantine, evolve=evolve)
-            yield from ndjson.parse(ahead.blocks(index), schema_now)
+            yield from ndjson.parse(blocks if blocks is not None else ahead.blocks(index), schema_now)
         elif file.format == "csv":
             rows = CsvReader(index, file, location, self.max_record_bytes, quarantine=quarantine, evolve=evolve)
             yield from rows.chunks(lambda: self.store.open_input(file.path), schema_now)
@@ -218,8 +310,8 @@ class _NdjsonAhead:
         """(index, block) for each block of each NDJSON file in turn, and (index, None) at its end."""
         for index in range(first, len(source.files)):
             file = source.files[index]
-            if file.format != "ndjson" or file.size == 0:
-                continue
+            if file.format != "ndjson" or file.size == 0 or source.is_small(file):
+                continue  # small files are _SmallReads'.
             reader = NdjsonReader(
                 index, file, source.location(file), source.max_record_bytes, quarantine=quarantine, evolve=evolve
             )
@@ -248,6 +340,58 @@ class _NdjsonAhead:
             wait([self._pending])
         self._pending = None
         self._reads.close()
+
+
+class _SmallReads:
+    """Small NDJSON files read whole, _SMALL_READERS at a time and up to _SMALL_AHEAD_BYTES ahead of
+    the one asked for: on S3 a 20 KB file is one round trip, which reading them one after the
+    other would wait for in turn. A read's error is raised where that file's blocks are asked for."""
+
+    def __init__(self, source: FileSource, first: int) -> None:
+        self._source = source
+        self._next = first  # the first file not submitted yet
+        self._reads: dict[int, Future[tuple[list[Block], Exception | None]]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        # Grows as files are asked for: a schema sample reads a few files, a run thousands.
+        self._ahead_limit = _SMALL_AHEAD_START_BYTES
+        self._ahead = 0  # bytes submitted and not asked for yet
+
+    def get(self, index: int) -> tuple[list[Block], Exception | None]:
+        """The blocks of files[index], a small file at or after the last one asked for, up to the
+        error that ended its read (a line over the limit, the file gone), if one did."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(_SMALL_READERS, thread_name_prefix="lakesink-read-small")
+        files = self._source.files
+        self._next = max(self._next, index)
+        self._ahead_limit = min(self._ahead_limit * 2, _SMALL_AHEAD_BYTES)
+        while self._next < len(files) and (self._next == index or self._ahead < self._ahead_limit):
+            file = files[self._next]
+            if self._source.is_small(file):
+                self._reads[self._next] = self._executor.submit(self._read, self._next)
+                self._ahead += file.size
+            self._next += 1
+        future = self._reads.pop(index)
+        self._ahead -= files[index].size
+        return future.result()
+
+    def _read(self, index: int) -> tuple[list[Block], Exception | None]:
+        source, file = self._source, self._source.files[index]
+        reader = NdjsonReader(index, file, source.location(file), source.max_record_bytes, quarantine=False, evolve=False)
+        blocks: list[Block] = []
+        try:
+            for block in reader.blocks(pa.BufferReader(source.store.read_bytes(file.path))):
+                blocks.append(block)
+        except Exception as exc:  # noqa: BLE001 - handed to the reader thread, raised there in order
+            return blocks, exc
+        return blocks, None
+
+    def stop(self) -> None:
+        """Drop the reads not asked for; wait for those under way."""
+        for future in self._reads.values():
+            future.cancel()
+        self._reads.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 def _split_remote_glob(uri: str) -> tuple[str, str | None]:

@@ -140,6 +140,10 @@ def fit(data: pa.Table, table_schema: pa.Schema | None, *, evolve: bool) -> Fitt
         )
     new_fields = tuple(pa.field(f.name, _delta_type_of(f), nullable=True) for f in extra)
     target = pa.schema(list(table_schema) + list(new_fields))
+    if data.schema.equals(target) and all(f.nullable for f in target):
+        # Read with the table's types already (the usual case for every chunk after the first):
+        # nothing to cast, and no non-nullable column to check.
+        return Fitted(table=_in_range(data.replace_schema_metadata(target.metadata)), new_fields=new_fields)
     columns = []
     for field in target:
         if field.name in data.column_names:

@@ -330,3 +330,57 @@ def test_counting_blank_lines_does_not_import_pandas() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# -- many small files, parsed together ----------------------------------------------------------------
+
+
+def _small_files(folder: Path, count: int, *, bad: int | None = None) -> list[int]:
+    """`count` small files: some without a last line end, some with blank lines, one of blanks only."""
+    expected = []
+    for n in range(count):
+        ids_here = [] if n == 7 else [100 * n + i for i in range(n % 4 + 1)]
+        lines = [record(i) for i in ids_here]
+        if n % 5 == 2:
+            lines.insert(len(lines) // 2, b"   ")
+        if n == 7:
+            lines = [b"", b"  "]
+        if n == bad:
+            lines.insert(1, b'{"id": oops}')
+        body = b"\n".join(lines) + (b"" if n % 3 == 0 else b"\n")
+        (folder / f"f{n:04d}.ndjson").write_bytes(body)
+        expected += ids_here
+    return expected
+
+
+def test_small_files_parsed_together_give_the_chunks_each_file_alone_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 files of a few records (blank lines, missing last line ends, one file of blanks only): one
+    chunk per file, ending it, with exactly the records reading each file alone gives; and a resume
+    in the middle of one of them."""
+    expected = _small_files(tmp_path, 60)
+    schema = FileSource(str(tmp_path)).chunks(FilePosition(0, 0), schema=None).__next__().table.schema
+    together = list(FileSource(str(tmp_path)).chunks(FilePosition(0, 0), schema=schema))
+    monkeypatch.setattr("lakesink.sources.files._SMALL_FILE_BYTES", 0)  # every file on its own
+    alone = list(FileSource(str(tmp_path)).chunks(FilePosition(0, 0), schema=schema))
+    assert ids(together) == ids(alone) == expected
+    # Every file ends with a chunk marked last, at the same record count (alone, a last line
+    # without a line end is a block, so a chunk, of its own).
+    assert {c.file_index: c.row_end for c in together if c.last} == {c.file_index: c.row_end for c in alone if c.last}
+    assert len({c.file_index for c in together if c.last}) == 60
+    monkeypatch.undo()
+    resumed = list(FileSource(str(tmp_path)).chunks(FilePosition(13, 1), schema=schema))
+    assert ids(resumed) == expected[expected.index(1301) :]
+
+
+def test_a_bad_record_in_a_run_of_small_files_is_named_after_the_records_of_the_files_before_it(tmp_path: Path) -> None:
+    expected = _small_files(tmp_path, 40, bad=30)
+    schema = FileSource(str(tmp_path)).chunks(FilePosition(0, 0), schema=None).__next__().table.schema
+    got: list[Chunk] = []
+    with pytest.raises(lakesink.BadRecord) as error:
+        for chunk in FileSource(str(tmp_path)).chunks(FilePosition(0, 0), schema=schema):
+            got.append(chunk)
+    assert "f0030.ndjson:2" in str(error.value)
+    assert ids(got)[: expected.index(3000)] == expected[: expected.index(3000)]
+    assert max(c.file_index for c in got if c.last) == 29
