@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakesink.errors import TableError
@@ -109,6 +108,8 @@ def _paths_in_checkpoint(store: ObjectStore, path: str) -> list[str]:
             # Only the nested path column is read: a checkpoint's stats can be most of its bytes.
             column = parquet.read(columns=[f"{kind}.path"], use_threads=False).column(0)
             if pa.types.is_struct(column.type):  # ParquetFile.read keeps the nesting; read_table does not
+                import pyarrow.compute as pc  # 20 ms to import: only gc and status read checkpoints
+
                 column = pc.struct_field(column, "path")
             named.extend(p for p in column.to_pylist() if p)
     return named

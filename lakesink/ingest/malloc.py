@@ -14,7 +14,6 @@ libraries (musl, macOS) nothing changes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
@@ -35,12 +34,10 @@ def keep_block_buffers() -> bool:
     _applied = False
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The symbols the process has loaded already (libc among them): find_library("c") would
+        # run /sbin/ldconfig in a subprocess on every ingest.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False  # not glibc
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -49,6 +49,7 @@ _MAX_FILES = 1 << (63 - ROW_BITS)
 # NDJSON files up to this size are parsed together, up to _SMALL_RUN_BYTES and _SMALL_RUN_FILES at a
 # time (FileSource._small_files_chunks; benchmarks/README.md, "sizes.py", has the figures).
 _SMALL_FILE_BYTES = 1 << 20
+_SMALL_RUN_START_BYTES = 256 << 10
 _SMALL_RUN_BYTES = 8 << 20
 _SMALL_RUN_FILES = 2048
 _SMALL_READERS = 8
@@ -150,10 +151,13 @@ class FileSource:
             small = _SmallReads(self, start.file_index)
             try:
                 index = start.file_index
+                # Runs grow from a few files: a reader that stops early (a schema sample) parses little.
+                run_bytes = _SMALL_RUN_START_BYTES
                 while index < len(self.files):
                     skip = start.row if index == start.file_index else 0
-                    count = self._small_run(index) if not skip else 0
+                    count = self._small_run(index, run_bytes) if not skip else 0
                     if count:
+                        run_bytes = min(run_bytes * 4, _SMALL_RUN_BYTES)
                         yield from self._small_files_chunks(index, count, small, schema_now, evolve=evolve, quarantine=quarantine)
                         index += count
                         continue
@@ -205,12 +209,12 @@ class FileSource:
             pending = Chunk(index, file, no_columns(), records, records, last=False)
         yield replace(pending, last=True)
 
-    def _small_run(self, first: int) -> int:
-        """How many small files from files[first] on are parsed together (up to _SMALL_RUN_BYTES and
-        _SMALL_RUN_FILES in all): 0 when files[first] is not a small one."""
+    def _small_run(self, first: int, limit: int) -> int:
+        """How many small files from files[first] on are parsed together (at least one, then up to
+        `limit` bytes and _SMALL_RUN_FILES in all): 0 when files[first] is not a small one."""
         count, total = 0, 0
         for file in self.files[first : first + _SMALL_RUN_FILES]:
-            if not self.is_small(file) or total + file.size > _SMALL_RUN_BYTES:
+            if not self.is_small(file) or (count and total + file.size > limit):
                 break
             count, total = count + 1, total + file.size
         return count
