@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,59 @@ def wall_summary(runs: list[Run]) -> dict[str, Any] | None:
     }
 
 
+# Leaf frames where a thread waits rather than works (py-spy samples idle threads too, with --idle off
+# it still reports a thread blocked in Python-level waits).
+IDLE_LEAVES = ("Condition.wait", "_worker", "Queue.get", "Event.wait", "Thread.join", "_wait_for_tstate_lock", "select")
+# The main thread's phases, by the outermost lakesink frame on its stack.
+PHASES = (
+    ("imports", "_find_and_load"),
+    ("schema sample", "_Run._infer"),
+    ("open or create the table", "ensure_table"),
+    ("open or create the table", "Sink.__init__"),
+    ("list the source", "FileSource.__init__"),
+    ("resume point", "_Run.resume_point"),
+    ("wait for the pipeline", "Pipeline.sealed"),
+    ("commit", "Sink.commit_files"),
+    ("close", "Sink.close"),
+)
+
+
+def profile_case(data: DataSet, scratch: Path, name: str, rate: int = 1000) -> str:
+    """py-spy (every thread, `rate` samples/s) over one `lakesink ingest` of `data` into a local
+    table: per thread its busy and waiting samples, and the main thread's phases."""
+    folded = scratch / f"profile-{name}.folded"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    table = scratch / f"profiled-{name}"
+    ingest = [sys.executable, "-m", "lakesink", "ingest", str(data.folder), str(table), "--app-id", "bench", "--no-progress"]
+    cmd = [spy, "record", "--format", "raw", "--threads", "--rate", str(rate), "--output", str(folded), "--", *ingest]
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=scratch)
+    wall = time.monotonic() - started
+    shutil.rmtree(table, ignore_errors=True)
+    threads: dict[str, list[int]] = {}
+    phases: dict[str, int] = {}
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        raw = stack.split(";")
+        thread = raw[0].split(": ", 1)[-1] if ": " in raw[0] else "(unnamed)"
+        frames = [f.split(" (")[0] for f in raw]
+        thread = thread.rsplit("_", 1)[0] if thread.startswith("lakesink-read-small") else thread
+        idle = frames[-1].startswith(IDLE_LEAVES)
+        busy_idle = threads.setdefault(thread, [0, 0])
+        busy_idle[1 if idle else 0] += int(count)
+        if thread == "MainThread":
+            phase = next((label for label, frame in PHASES if frame in frames), "other (CLI, ingest setup)")
+            phases[phase] = phases.get(phase, 0) + int(count)
+    shape = f"{data.bytes / 1e6:.0f} MB in {len(data.files):,} files"
+    lines = [f"{name}: {shape}; py-spy at {rate}/s; {wall:.2f} s wall under py-spy"]
+    for thread, (busy, waiting) in sorted(threads.items(), key=lambda item: -item[1][0]):
+        lines.append(f"  {thread:28s} busy {busy / rate:6.2f} s   waiting {waiting / rate:6.2f} s")
+    lines.append("  main thread by phase:")
+    for phase, samples in sorted(phases.items(), key=lambda item: -item[1]):
+        lines.append(f"    {phase:32s} {samples / rate:6.2f} s")
+    return "\n".join(lines)
+
+
 def target_for(case: str, store: str, kind: str) -> float | None:
     if kind == "raw":
         return SMALL_TARGET_RAW if case in ("10MB", "small") else TARGETS["raw"][store]  # type: ignore[index]
@@ -191,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"generated data (default {DEFAULT_CACHE})")
     parser.add_argument("--out", type=Path, help="results JSON (default results/sizes.json, or sizes-quick.json)")
     parser.add_argument("--from-json", type=Path, help="only render the tables of an earlier results JSON")
+    parser.add_argument(
+        "--profile-only", action="store_true",
+        help="no runs: py-spy over one lakesink ingest of each case (local table), written to results/sizes_profile.txt",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.from_json:
         rendered = json.loads(args.from_json.read_text())
@@ -214,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {case.name}: {shape} in {args.cache}", file=sys.stderr, flush=True)
         data = ensure(args.cache, files=case.files, rows_per_file=case.rows_per_file, formats=("ndjson",))["ndjson"]
         datasets[case.name] = data
+    if args.profile_only:
+        with tempfile.TemporaryDirectory(prefix="lakesink-sizes-profile-") as tmp:
+            text = "\n\n".join(profile_case(datasets[c.name], Path(tmp), c.name) for c in cases)
+        (RESULTS / "sizes_profile.txt").write_text(text + "\n")
+        print(text)
+        return 0
     runs: list[tuple[str, Run]] = []
     server = start_moto_server() if "s3" in stores else None
     try:

@@ -188,8 +188,10 @@ def stats_from_parquet(
             if nulls is None:
                 raise InternalError(f"the Parquet writer kept no null count for {'.'.join(path)!r}")
             null_count[path] += nulls
-            if nulls == column.num_values:
-                continue  # all null in this row group: no bounds to merge
+            if nulls == column.num_values or not _has_ordered_stats(kind):
+                # All null in this row group (no bounds to merge), or a type whose bounds Delta
+                # stats leave out: never ask for them (a timestamp's imports pandas, ~0.25 s).
+                continue
             try:
                 if st.has_min_max:
                     bounds[path].append((st.min, st.max))
