@@ -32,11 +32,19 @@ from lakesink.delta.log_entry import StagedFile, encode_create
 from lakesink.delta.log_folder import open_log_folder
 from lakesink.delta.merge import SOURCE, TARGET, MergePlan, metric
 from lakesink.delta.protocol import writer_protocol_problems
-from lakesink.delta.snapshot import LogNotReadHere, LogSnapshot, MetadataAction, ProtocolAction, read_snapshot, snapshot_at_zero
+from lakesink.delta.snapshot import (
+    LogFolder,
+    LogNotReadHere,
+    LogSnapshot,
+    MetadataAction,
+    ProtocolAction,
+    read_snapshot,
+    snapshot_at_zero,
+)
 from lakesink.errors import ConfigError, InternalError, TableError
 from lakesink.layout import LOG_DIR
 from lakesink.storage.listing import visible_entries
-from lakesink.storage.objects import open_store
+from lakesink.storage.objects import ObjectStore, open_store
 from lakesink.storage.options import StorageOptions
 
 if TYPE_CHECKING:
@@ -64,11 +72,13 @@ class TableHandle:
         writing: bool = False,
         table: DeltaTable | None = None,
         txns_complete: bool = True,
+        folder: LogFolder | None = None,
+        store: ObjectStore | None = None,
     ) -> None:
         self.uri = uri
         self.options = options
-        self._folder = open_log_folder(uri, options)
-        self._store = open_store(uri, options)
+        self._folder = folder or open_log_folder(uri, options)
+        self._store = store or open_store(uri, options)
         self._snapshot = snapshot
         self._table = table
         # False when delta-rs read the log (lakesink.delta.snapshot.LogNotReadHere): the snapshot then
@@ -115,15 +125,16 @@ class TableHandle:
 
     @classmethod
     def _read(cls, uri: str, options: StorageOptions, *, writing: bool) -> TableHandle | None:
+        folder, store = open_log_folder(uri, options), open_store(uri, options)
         try:
-            snapshot = read_snapshot(open_log_folder(uri, options), open_store(uri, options))
+            snapshot = read_snapshot(folder, store)
         except LogNotReadHere as exc:
             log.info("%s: %s; delta-rs reads the log", uri, exc)
             return cls._read_by_delta_rs(uri, options, writing=writing)
         if snapshot is None:
             return None
         log.info("opened table %s at version %d (storage options %r)", uri, snapshot.version, options)
-        return cls(snapshot, uri=uri, options=options, writing=writing)
+        return cls(snapshot, uri=uri, options=options, writing=writing, folder=folder, store=store)
 
     @classmethod
     def _read_by_delta_rs(cls, uri: str, options: StorageOptions, *, writing: bool) -> TableHandle | None:
