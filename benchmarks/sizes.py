@@ -170,6 +170,13 @@ def profile_case(data: DataSet, scratch: Path, name: str, rate: int = 1000) -> s
     return "\n".join(lines)
 
 
+def _repeat_note(cases: list[Case], repeat: int | None, *, quick: bool) -> str:
+    counts = {c.name: repeat or (1 if quick else c.repeat) for c in cases}
+    most = max(set(counts.values()), key=list(counts.values()).count)
+    others = [f"{name}: {n} run{'s' if n > 1 else ''}" for name, n in counts.items() if n != most]
+    return f"{most} run{'s' if most > 1 else ''}" + (f" ({', '.join(others)})" if others else "")
+
+
 def target_for(case: str, store: str, kind: str) -> float | None:
     if kind == "raw":
         return SMALL_TARGET_RAW if case in ("10MB", "small") else TARGETS["raw"][store]  # type: ignore[index]
@@ -324,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
                 for kind, other in summary[case.name][store].items()
                 if kind != "lakesink"
             }
-    repeats = sorted({args.repeat or (1 if args.quick else c.repeat) for c in cases})
     result = {
         "benchmark": "sizes",
         "when": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             "lakesink_args": lakesink_args,
             "lakesink_defaults": defaults,
             "dicts_rows": DICTS_ROWS,
-            "repeat_note": " / ".join(f"{n} runs" for n in repeats) + " (5GB: one run)" * ("5GB" in names and not args.repeat),
+            "repeat_note": _repeat_note(cases, args.repeat, quick=args.quick),
             "notes": [
                 "small: the write_deltalake loop commits every 100,000 rows (20 commits), not per file (10,000 commits).",
                 f"dlt (dicts) reads the first files up to {DICTS_ROWS:,} rows of each case.",
