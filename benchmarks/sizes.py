@@ -61,7 +61,7 @@ from benchmarks.throughput import (  # noqa: E402
     Store,
     lakesink_defaults,
     measure,
-    snapshot_lakesink,
+    measure_a_copy,
     sources_digest,
 )
 from tests.support.moto_server import start_moto_server  # noqa: E402
@@ -290,12 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="lakesink-sizes-") as tmp:
             scratch = Path(tmp)
-            measured = snapshot_lakesink(scratch / "measured")
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(scratch / "measured"), os.environ.get("PYTHONPATH")]))
-            check = [sys.executable, "-c", "import lakesink.cli; print(lakesink.cli.__file__)"]
-            imported = subprocess.run(check, cwd=scratch, capture_output=True, text=True, check=True).stdout.strip()
-            if not imported.startswith(str(scratch / "measured")):
-                raise SystemExit(f"the runs would import lakesink from {imported}, not from the copy taken now")
+            measured = measure_a_copy(scratch)
             defaults = lakesink_defaults(scratch)
             store_by_name = {name: Store(name, scratch, server if name == "s3" else None) for name in stores}
             for case in cases:

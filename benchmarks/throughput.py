@@ -588,6 +588,19 @@ def snapshot_lakesink(into: Path) -> dict[str, Any]:
     }
 
 
+def measure_a_copy(scratch: Path) -> dict[str, Any]:
+    """Copy `lakesink/` into `scratch` and make every run started from now on import that copy
+    (PYTHONPATH, processes started in `scratch`), so an edit made during the benchmark is not
+    measured halfway; what was copied (commit, digests) is returned for the results."""
+    measured = snapshot_lakesink(scratch / "measured")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(scratch / "measured"), os.environ.get("PYTHONPATH")]))
+    check = [sys.executable, "-c", "import lakesink.cli; print(lakesink.cli.__file__)"]
+    imported = subprocess.run(check, cwd=scratch, capture_output=True, text=True, check=True).stdout.strip()
+    if not imported.startswith(str(scratch / "measured")):
+        raise SystemExit(f"the runs would import lakesink from {imported}, not from the copy taken now")
+    return measured
+
+
 def sources_digest(package: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
@@ -710,12 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="lakesink-throughput-") as tmp:
             scratch = Path(tmp)
-            measured = snapshot_lakesink(scratch / "measured")
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(scratch / "measured"), os.environ.get("PYTHONPATH")]))
-            check = [sys.executable, "-c", "import lakesink.cli; print(lakesink.cli.__file__)"]
-            imported = subprocess.run(check, cwd=scratch, capture_output=True, text=True, check=True).stdout.strip()
-            if not imported.startswith(str(scratch / "measured")):
-                raise SystemExit(f"the runs would import lakesink from {imported}, not from the copy taken now")
+            measured = measure_a_copy(scratch)
             defaults = lakesink_defaults(scratch)
             store_by_name = {name: Store(name, scratch, server if name == "s3" else None) for name in stores}
             local = store_by_name.get("local") or Store("local", scratch, None)
