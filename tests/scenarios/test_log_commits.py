@@ -109,7 +109,10 @@ def test_a_checkpoint_is_written_every_interval_and_holds_the_txn_a_new_sink_res
     checkpoints = sorted(
         int(f.split(".")[0]) for f in _log_names(table_uri, storage_options) if f.endswith(".checkpoint.parquet")
     )
-    assert checkpoints == [5, 10, 15, 20]
+    # Due every 5 versions and written in the background: one that falls due while another is being
+    # written is coalesced into the newest (on a slow store 10 or 15 may be skipped), and the last one
+    # due (20) is written before the Sink's close returns.
+    assert set(checkpoints) <= {5, 10, 15, 20} and checkpoints[0] == 5 and checkpoints[-1] == 20
     last = json.loads(_read_log_file(table_uri, storage_options, "_last_checkpoint"))
     assert last["version"] == 20
     # The checkpoint alone carries the txn of the position committed at version 20.
