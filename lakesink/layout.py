@@ -32,6 +32,7 @@ PartitionValues = tuple[tuple[str, str | None], ...]
 """(column, value as Delta serializes it in `partitionValues`) for each partition column, in order."""
 
 _LOG_ENTRY = re.compile(r"^(\d{20})\.json$")
+_LOG_ENTRY_TEMP = re.compile(r"^_commit_[0-9a-f]{32}\.json\.tmp$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
 _LEDGER = re.compile(r"^([^/]+)/(\d{20})\.json$")
 _TEMP = re.compile(r"\.\d+\.tmp$")
@@ -71,6 +72,11 @@ def checkpoint_version(path: str) -> tuple[int, int | None] | None:
     if match is None:
         return None
     return int(match.group(1)), int(match.group(3)) if match.group(3) else None
+
+
+def is_log_entry_temp(path: str) -> bool:
+    """Whether `path` names a log entry being written before it is linked into place (`log_entry_temp_name`)."""
+    return _LOG_ENTRY_TEMP.match(path.rsplit("/", 1)[-1]) is not None
 
 
 def log_entry_temp_name() -> str:

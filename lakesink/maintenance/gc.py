@@ -14,7 +14,9 @@ every mention the log's own retention has already cleaned up is in no readable v
 
 What is never deleted:
 - a file younger than the grace period (`older_than`, by its modification time in the store's
-  listing against the injected clock): a writer may be between staging it and committing it. The
+  listing against the injected clock), or one a log entry still under its temporary name (a local
+  commit being linked into place) younger than that names: a writer may be between staging it and
+  committing it. The
   grace period must exceed the longest stage-to-commit time of any writer, plus clock skew between
   this host and the store;
 - a ledger at or below its app id's committed position: resuming reads the latest one;
@@ -33,7 +35,7 @@ from datetime import timedelta
 from lakesink.delta.log_reader import paths_named_in_log, txn_versions
 from lakesink.delta.table import TableHandle
 from lakesink.errors import ConfigError, TableError
-from lakesink.layout import LOG_DIR, app_slug, is_data_file, log_entry_version, parse_ledger_path
+from lakesink.layout import LOG_DIR, app_slug, is_data_file, is_log_entry_temp, log_entry_version, parse_ledger_path
 from lakesink.storage.objects import ObjectInfo, ObjectStore, open_store
 from lakesink.storage.options import StorageOptions
 from lakesink.storage.uri import normalize_table_uri
@@ -110,11 +112,14 @@ def collect_garbage(
     listed = store.list_files("")
     handle = TableHandle.open_existing(uri, options)
     log_files = store.list_files(LOG_DIR)
-    referenced = paths_named_in_log(store, log_files, table_uri=uri)
+    now = clock()
+    # A log entry still under its temporary name names the files of a commit in flight, which
+    # protects them; one older than the grace period is a killed writer's, and protects nothing.
+    in_flight = [f for f in log_files if not (is_log_entry_temp(f.path) and _age(f, now) >= grace)]
+    referenced = paths_named_in_log(store, in_flight, table_uri=uri)
     newest = max([v for v in (log_entry_version(f.path) for f in log_files) if v is not None], default=handle.version())
     committed = {app_slug(app): position for app, position in txn_versions(store, up_to=newest).items()}
 
-    now = clock()
     nested = _nested_table_roots(listed)
     data = [f for f in listed if is_data_file(f.path) and not f.path.startswith(nested)]
     is_referenced = [f.path in referenced for f in data]

@@ -264,3 +264,26 @@ def test_gc_and_verify_without_a_table_or_with_a_bad_argument_exit_with_a_reason
     write_batches(str(tmp_path / "t"), {}, app_id="job", batches=1)
     unknown = run_cli("verify", str(tmp_path / "t"), "--key", "nope", "--json")
     assert unknown.returncode == 1 and json.loads(unknown.stdout)["error"] == "ConfigError"
+
+
+def test_files_a_killed_writers_unlinked_log_entry_names_are_collected_after_the_grace_period(tmp_path: Path) -> None:
+    """A local commit is written under a temporary name in `_delta_log`, then linked into place; a
+    writer SIGKILLed in between leaves that file behind, naming the batch's files. While it is
+    younger than the grace period it may be a commit in flight, and protects them; once older, it
+    is a dead writer's, and they are orphans (found in CI: such files outlived `gc --older-than 0s`)."""
+    uri = str(tmp_path / "table")
+    write_batches(uri, {}, app_id="job", batches=2)
+    store = store_for(uri, {})
+    orphan = stage_orphan(store, position=3, ids=[1000])
+    entry = json.dumps({"add": {"path": orphan.path, "partitionValues": {}, "size": orphan.size, "modificationTime": 0,
+                                "dataChange": True}})  # fmt: skip
+    temp = tmp_path / "table" / "_delta_log" / f"_commit_{'ab' * 16}.json.tmp"
+    temp.write_text(entry + "\n")
+    later = time.time() + 3600 - 60  # the temporary entry and the orphan are both 59 minutes old
+
+    kept = lakesink.collect_garbage(uri, older_than=HOUR, clock=lambda: later)
+    assert kept.orphan_files == () and store.info(orphan.path) is not None
+    collected = lakesink.collect_garbage(uri, older_than=timedelta(minutes=30), clock=lambda: later)
+    assert collected.deleted == (orphan.path,) and store.info(orphan.path) is None
+    assert temp.exists()  # gc never deletes in _delta_log
+    assert sorted(read_ids_deltalake(uri, {})) == list(range(20))

@@ -199,7 +199,11 @@ def assert_only_orphans_left_and_gc_clears_them(
         timeout=120,
     )
     assert done.returncode == 0, f"lakesink gc {uri} exited {done.returncode}: {done.stdout}{done.stderr}"
-    assert parquet_files_on_store(uri, storage_options) == referenced
+    left = parquet_files_on_store(uri, storage_options)
+    assert left == referenced, (
+        f"after gc: not referenced {sorted(set(left) - set(referenced))}, referenced but gone "
+        f"{sorted(set(referenced) - set(left))}; gc said {done.stdout.strip()}"
+    )
     return len(on_store) - len(referenced)
 
 
