@@ -207,7 +207,7 @@ def create_table(
         created, cause = None, exc
     if created:
         log.info("created table %s (partitioned by %s, storage options %r)", uri, list(partition_by) or "nothing", options)
-        return TableHandle.created(uri, options, body)
+        return TableHandle.created(uri, options, body, folder=log_store)  # the store it was created in reads it too
     handle = TableHandle.open(uri, options, writing=True)
     if handle is None:
         raise StorageUnavailable(f"could not create the table {uri} ({cause}); nothing was written: rerun")

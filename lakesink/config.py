@@ -10,10 +10,13 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-
-import pyarrow as pa
+from functools import cache
+from typing import TYPE_CHECKING
 
 from lakesink.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # imported where a schema is parsed: `lakesink --help` and the CLI's defaults need none
 
 DEFAULT_TARGET_FILE_BYTES = 128 << 20
 DEFAULT_ROW_GROUP_BYTES = 64 << 20  # of rows in memory; readers skip and fetch row groups whole
@@ -231,20 +234,24 @@ class Dedup:
 
 # -- declared schemas ------------------------------------------------------------------------------
 
-_SIMPLE_TYPES: dict[str, pa.DataType] = {
-    "tinyint": pa.int8(), "byte": pa.int8(),
-    "smallint": pa.int16(), "short": pa.int16(),
-    "int": pa.int32(), "integer": pa.int32(),
-    "bigint": pa.int64(), "long": pa.int64(),
-    "float": pa.float32(), "real": pa.float32(),
-    "double": pa.float64(),
-    "string": pa.string(), "varchar": pa.string(), "text": pa.string(),
-    "binary": pa.binary(),
-    "boolean": pa.bool_(), "bool": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "timestamp_ntz": pa.timestamp("us"),
-}  # fmt: skip
+@cache
+def _simple_types() -> dict[str, pa.DataType]:
+    import pyarrow as pa
+
+    return {
+        "tinyint": pa.int8(), "byte": pa.int8(),
+        "smallint": pa.int16(), "short": pa.int16(),
+        "int": pa.int32(), "integer": pa.int32(),
+        "bigint": pa.int64(), "long": pa.int64(),
+        "float": pa.float32(), "real": pa.float32(),
+        "double": pa.float64(),
+        "string": pa.string(), "varchar": pa.string(), "text": pa.string(),
+        "binary": pa.binary(),
+        "boolean": pa.bool_(), "bool": pa.bool_(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "timestamp_ntz": pa.timestamp("us"),
+    }  # fmt: skip
 
 
 def parse_schema(text: str) -> pa.Schema:
@@ -257,6 +264,8 @@ def parse_schema(text: str) -> pa.Schema:
     Raises:
         ConfigError: naming what cannot be read.
     """
+    import pyarrow as pa
+
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
@@ -298,6 +307,8 @@ class _DdlReader:
         return token
 
     def fields(self, *, end: str, colon: bool = False) -> list[pa.Field]:
+        import pyarrow as pa
+
         fields = []
         while self.peek() != end:
             name = self.take()
@@ -320,9 +331,11 @@ class _DdlReader:
         return fields
 
     def type(self) -> pa.DataType:
+        import pyarrow as pa
+
         word = self.take().lower()
-        if word in _SIMPLE_TYPES:
-            return _SIMPLE_TYPES[word]
+        if word in _simple_types():
+            return _simple_types()[word]
         if word in ("decimal", "numeric"):
             self.take("(")
             precision = int(self.take())
@@ -349,7 +362,7 @@ class _DdlReader:
             fields = self.fields(end=">", colon=True)
             self.take(">")
             return pa.struct(fields)
-        known = ", ".join(sorted({k.upper() for k in _SIMPLE_TYPES} | {"DECIMAL(p,s)", "ARRAY<T>", "MAP<K,V>", "STRUCT<...>"}))
+        known = ", ".join(sorted({k.upper() for k in _simple_types()} | {"DECIMAL(p,s)", "ARRAY<T>", "MAP<K,V>", "STRUCT<...>"}))
         raise ConfigError(f"unknown type {word!r} in the schema: use one of {known}")
 
 
@@ -359,22 +372,28 @@ _DELTA_PRIMITIVES = {"byte": "byte", "short": "short", "integer": "int", "long":
 
 
 def _schema_of_json(node: dict[str, object]) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema([_field_of_json(f) for f in node["fields"]])  # type: ignore[attr-defined]
 
 
 def _field_of_json(node: object) -> pa.Field:
+    import pyarrow as pa
+
     assert isinstance(node, dict)
     return pa.field(str(node["name"]), _type_of_json(node["type"]), nullable=bool(node.get("nullable", True)))
 
 
 def _type_of_json(node: object) -> pa.DataType:
+    import pyarrow as pa
+
     if isinstance(node, str):
         decimal_type = re.fullmatch(r"decimal\((\d+),\s*(\d+)\)", node)
         if decimal_type:
             return pa.decimal128(int(decimal_type.group(1)), int(decimal_type.group(2)))
         if node not in _DELTA_PRIMITIVES:
             raise ConfigError(f"unknown Delta type {node!r} in the schema JSON")
-        return _SIMPLE_TYPES[_DELTA_PRIMITIVES[node]]
+        return _simple_types()[_DELTA_PRIMITIVES[node]]
     assert isinstance(node, dict)
     kind = node["type"]
     if kind == "struct":

@@ -10,6 +10,7 @@ import click
 
 from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options, stop_on_signals
+from lakesink.config import CommitInterval, parse_duration
 from lakesink.errors import LakesinkError
 
 if TYPE_CHECKING:
@@ -88,7 +89,6 @@ def cdc_command(
       lakesink cdc 'host=127.0.0.1 dbname=shop user=cdc' ./lake/shop --app-id shop \\
           --slot lakesink_shop --publication shop --snapshot --until-idle 30s
     """
-    from lakesink.config import CommitInterval, parse_duration
     from lakesink.ingest.cdc import capture_changes, cdc_status
 
     try:

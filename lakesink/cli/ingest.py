@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -16,6 +15,15 @@ import click
 from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options, stop_on_signals
 from lakesink.cli.progress import ProgressLines, progress_bar
+from lakesink.config import (
+    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_WRITE_THREADS,
+    CommitInterval,
+    WriteConfig,
+    parse_duration,
+    parse_schema,
+    parse_size,
+)
 from lakesink.errors import ConfigError, LakesinkError
 
 if TYPE_CHECKING:
@@ -24,12 +32,6 @@ if TYPE_CHECKING:
     from lakesink.ingest.report import IngestProgress, IngestReport
     from lakesink.ingest.watch import WatchReport
     from lakesink.sources.records import Format
-
-# lakesink.config's DEFAULT_WRITE_THREADS and DEFAULT_MAX_RECORD_BYTES, for the options' defaults:
-# lakesink.config imports pyarrow (its table of column types), which `lakesink ingest --help` should
-# not load, and the run loads it anyway. tests/unit/test_startup.py checks that they agree.
-DEFAULT_WRITE_THREADS = min(2, os.cpu_count() or 1)
-DEFAULT_MAX_RECORD_BYTES = 8 << 20
 
 
 @click.command("ingest")
@@ -155,8 +157,6 @@ def ingest_command(
     however large SOURCE is. Each commit holds up to --commit-interval of records in files
     of about --target-file-size.
     """
-    from lakesink.config import CommitInterval, WriteConfig, parse_size
-
     try:
         interval = CommitInterval.parse(commit_interval)
         if batch_rows is not None:
@@ -216,8 +216,6 @@ def _ingest_once(source: str, table: str, *, app_id: str, as_json: bool, show: b
 
 def _declared(text: str) -> pa.Schema:
     """`--schema`: the columns, or @FILE holding them (or a Delta schema's JSON)."""
-    from lakesink.config import parse_schema
-
     if text.startswith("@"):
         try:
             text = Path(text[1:]).read_text()
@@ -229,7 +227,6 @@ def _declared(text: str) -> pa.Schema:
 def _watch(source: str, table: str, *, app_id: str, poll: str, as_json: bool, fmt: Format | None,
            storage_options: dict[str, str], **options: Any) -> None:  # fmt: skip
     """`--watch`: rounds of ingest until SIGTERM/SIGINT, then the report (exit 0)."""
-    from lakesink.config import parse_duration
     from lakesink.ingest.watch import watch
 
     try:

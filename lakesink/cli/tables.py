@@ -9,14 +9,13 @@ from datetime import timedelta
 import click
 
 from lakesink.cli.output import EXIT_TERMINAL, STORAGE_HELP, fail, parse_storage_options
+from lakesink.config import parse_duration, parse_size
 from lakesink.errors import LakesinkError
 
 # Each command imports what it runs when it runs: `lakesink <command> --help` loads no pyarrow or deltalake.
 
 
 def _older_than(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
-    from lakesink.config import parse_duration
-
     try:
         return timedelta(seconds=parse_duration(value, what="--older-than", allow_zero=True))
     except LakesinkError as exc:
@@ -157,7 +156,6 @@ def compact_command(table: str, target_size: str, where: str | None, storage_pai
     Example:
       lakesink compact s3://lake/events --where "day >= '2026-11-01'"
     """
-    from lakesink.config import parse_size
     from lakesink.maintenance.compact import compact_table
 
     try:
@@ -197,7 +195,6 @@ def vacuum_command(
     Example:
       lakesink vacuum s3://lake/events --retention 7d --dry-run
     """
-    from lakesink.config import parse_duration
     from lakesink.maintenance.vacuum import vacuum_table
 
     try:

@@ -107,7 +107,7 @@ class S3LogStore(S3LogFolder):
 _OTHER_COMMIT_COORDINATION = ("AWS_S3_LOCKING_PROVIDER", "DYNAMO_LOCK_TABLE_NAME", "AWS_S3_ALLOW_UNSAFE_RENAME")
 
 
-def open_log_store(table_uri: str, options: StorageOptions) -> LogStore | None:
+def open_log_store(table_uri: str, options: StorageOptions) -> LocalLogStore | S3LogStore | None:
     """The log store of a table, or None when its commits must go through delta-rs."""
     if not is_remote(table_uri):
         return LocalLogStore(table_uri)

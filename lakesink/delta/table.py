@@ -197,13 +197,14 @@ class TableHandle:
         log.info("created table %s (partitioned by %s, storage options %r)", uri, list(partition_by) or "nothing", options)
         # delta-rs holds version 0 as it wrote it, or as a concurrent creator did ("ignore"): the
         # snapshot starts from the same entry, read once.
-        body = open_log_folder(uri, options).read(0)
+        folder = open_log_folder(uri, options)
+        body = folder.read(0)
         if body is None or table.version() != 0:
             handle = cls.open(uri, options, writing=True)
             if handle is None:
                 raise TableError(f"created {uri} but cannot read it back; check the store's consistency")
             return handle
-        return cls(snapshot_at_zero(body), uri=uri, options=options, writing=True, table=table)
+        return cls(snapshot_at_zero(body), uri=uri, options=options, writing=True, table=table, folder=folder)
 
     @staticmethod
     def first_entry(
@@ -216,9 +217,9 @@ class TableHandle:
         )  # fmt: skip
 
     @classmethod
-    def created(cls, uri: str, options: StorageOptions, first_entry: bytes) -> TableHandle:
-        """The table lakesink just created with `first_entry` as its log entry 0."""
-        return cls(snapshot_at_zero(first_entry), uri=uri, options=options, writing=True)
+    def created(cls, uri: str, options: StorageOptions, first_entry: bytes, *, folder: LogFolder) -> TableHandle:
+        """The table lakesink just created with `first_entry` as its log entry 0, in `folder`."""
+        return cls(snapshot_at_zero(first_entry), uri=uri, options=options, writing=True, folder=folder)
 
     def version(self) -> int:
         return self._snapshot.version
@@ -248,9 +249,7 @@ class TableHandle:
     def sync_delta_rs(self) -> None:
         """Have the delta-rs table at this handle's version (loaded, or brought up to the latest
         and this handle with it), for an operation that must run on the snapshot lakesink checked."""
-        if self._table is None:
-            self._delta_rs()
-        if self._table is not None and self._table.version() != self.version():
+        if self._delta_rs().version() != self.version():
             self._update_delta_rs()
             self._follow_delta_rs()
 

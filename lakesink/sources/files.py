@@ -155,22 +155,16 @@ class FileSource:
                 run_bytes = _SMALL_RUN_START_BYTES
                 while index < len(self.files):
                     skip = start.row if index == start.file_index else 0
-                    count = self._small_run(index, run_bytes) if not skip else 0
+                    # A file resumed inside (skip) is read alone: a run of one.
+                    count = self._small_run(index, run_bytes if not skip else 0)
                     if count:
                         run_bytes = min(run_bytes * 4, _SMALL_RUN_BYTES)
-                        yield from self._small_files_chunks(index, count, small, schema_now, evolve=evolve, quarantine=quarantine)
-                        index += count
-                        continue
-                    blocks: list[Block] | None = None
-                    if self.is_small(self.files[index]):
-                        blocks, error = small.get(index)
-                        if error is not None:
-                            yield from self._file_chunks(
-                                index, skip, schema_now, ahead, blocks, evolve=evolve, quarantine=quarantine, whole=False
-                            )
-                            raise error
-                    yield from self._file_chunks(index, skip, schema_now, ahead, blocks, evolve=evolve, quarantine=quarantine)
-                    index += 1
+                        yield from self._small_files_chunks(
+                            index, count, skip, small, ahead, schema_now, evolve=evolve, quarantine=quarantine
+                        )
+                    else:
+                        yield from self._file_chunks(index, skip, schema_now, ahead, evolve=evolve, quarantine=quarantine)
+                    index += max(count, 1)
             finally:
                 ahead.stop()
                 small.stop()
@@ -220,36 +214,33 @@ class FileSource:
         return count
 
     def _small_files_chunks(
-        self, first: int, count: int, small: _SmallReads, schema_now: SchemaNow, *, evolve: bool, quarantine: bool
+        self, first: int, count: int, skip: int, small: _SmallReads, ahead: _NdjsonAhead, schema_now: SchemaNow, *,
+        evolve: bool, quarantine: bool,
     ) -> Iterator[Chunk]:
-        """Whole small NDJSON files, parsed together, as a chunk per file (slices of one table); files
-        the fast path refuses together are parsed one by one, as `_file_chunks` does."""
+        """Whole small NDJSON files (the first from record `skip` on), parsed together, as a chunk per
+        file (slices of one table); files the fast path refuses together, or a file resumed inside,
+        go through `_file_chunks` one by one. A read's error is raised after every record before it."""
         blocks: list[list[Block]] = []
         failed: tuple[int, list[Block], Exception] | None = None
         for index in range(first, first + count):
             read, error = small.get(index)
-            if error is not None:  # raised after the chunks of every record before it
+            if error is not None:
                 failed = (index, read, error)
                 break
             blocks.append(read)
-        indexes = range(first, first + len(blocks))
-        readers = [
-            NdjsonReader(
-                i, self.files[i], self.location(self.files[i]), self.max_record_bytes, quarantine=quarantine, evolve=evolve
-            )
-            for i in indexes
-        ]
         schema = schema_now()
+        table = None
         # Without a schema (a new table's sample) each file keeps its own inferred types (lakesink.sources.infer).
-        table = readers[0].parse_together(blocks, schema) if schema is not None and blocks else None
+        if blocks and schema is not None and not skip:
+            file = self.files[first]
+            reader = NdjsonReader(first, file, self.location(file), self.max_record_bytes, quarantine=quarantine, evolve=evolve)
+            table = reader.parse_together(blocks, schema)
         offset = 0
-        for index, reader, file_blocks in zip(indexes, readers, blocks, strict=True):
+        for index, file_blocks in enumerate(blocks, start=first):
             if table is None:
-                chunks = list(reader.parse(file_blocks, schema_now))
-                records = chunks[-1].row_end if chunks else 0
-                last = chunks[-1] if chunks else Chunk(index, self.files[index], no_columns(), 0, 0, last=False)
-                yield from chunks[:-1]
-                yield replace(last, row_end=records, last=True)
+                yield from self._file_chunks(
+                    index, skip if index == first else 0, schema_now, ahead, file_blocks, evolve=evolve, quarantine=quarantine
+                )
                 continue
             records = sum(block.records for block in file_blocks)
             part = table.slice(offset, records) if records else no_columns()
@@ -257,9 +248,10 @@ class FileSource:
             yield Chunk(index, self.files[index], part, 0, records, last=True)
         if failed is not None:
             index, read, error = failed
-            file = self.files[index]
-            reader = NdjsonReader(index, file, self.location(file), self.max_record_bytes, quarantine=quarantine, evolve=evolve)
-            yield from reader.parse(read, schema_now)
+            yield from self._file_chunks(
+                index, skip if index == first else 0, schema_now, ahead, read, evolve=evolve, quarantine=quarantine,
+                whole=False,
+            )  # fmt: skip
             raise error
 
     def _read(

@@ -151,7 +151,7 @@ def test_version_output() -> None:
 
 
 def test_ingest_option_defaults_are_configs() -> None:
-    """cli/ingest.py spells two of lakesink.config's defaults (so that `ingest --help` needs no pyarrow)."""
+    """`ingest`'s option defaults are lakesink.config's (which imports no pyarrow until a schema is parsed)."""
     from lakesink import config
 
     command = main.get_command(click.Context(main), "ingest")
