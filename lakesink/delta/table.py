@@ -1,17 +1,16 @@
 """Open, create and refresh a Delta table, and read its `txn` positions without replaying history.
 
-One `TableHandle` stays open for the life of a `Sink`. Its version is the last log entry this
-writer knows of: the delta-rs snapshot's, or one lakesink created or read itself since
-(`advance`). lakesink's own append commits never go through delta-rs (lakesink.delta.log_store),
-so the delta-rs snapshot is brought up to date only when it is needed: at a checkpoint, when another
-writer changed the table's metadata, or to read a `txn` the per-version cache does not hold (an
-update grows with the table; benchmarks/README.md, "Commit cost", has the figures).
+One `TableHandle` stays open for the life of a `Sink`. Its version, protocol, metadata and `txn`s
+are lakesink's own reading of the log (lakesink.delta.snapshot: each log object read once), moved
+on by the entries lakesink creates or reads itself (`advance`). A delta-rs table is loaded only
+for what needs one (merge, compaction, vacuum, delete, schema evolution, reading rows, commits on
+stores without create-only PUTs), at the handle's version; a log the snapshot reader leaves to
+delta-rs (a V2 checkpoint) is read through it. Checkpoints are lakesink.delta.checkpointer's.
 
 The raw delta-rs table never leaves this module: what lakesink reads of it and writes through it
 are methods here. The methods that write to the log (`create`, `add_columns`, `commit_transaction`,
-`checkpoint`) are called by lakesink.commit only (`make lint` checks it).
+`merge`, `delete_where`, `compact`, `vacuum`) are called by lakesink.commit only (`make lint` checks it).
 """
-
 from __future__ import annotations
 
 import json
