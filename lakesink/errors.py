@@ -3,13 +3,14 @@
     LakesinkError
     ├── TransientError            retrying the same call may succeed
     │   ├── CommitOutcomeUnknown  the commit may or may not have landed; staged files are kept
-    │   └── StorageUnavailable    the store did not answer (timeout, reset, 5xx)
+    │   ├── StorageUnavailable    the store did not answer (timeout, reset, 5xx)
+    │   └── SourceUnavailable     the source (a Kafka broker, a database) did not answer
     └── TerminalError             retrying the same call fails the same way; a person must act
         ├── ConfigError           bad URI, option or argument
         ├── InvalidPosition       a position that is not an int64 or does not grow
         ├── SchemaMismatch        incoming data does not fit the table's schema
         ├── BadRecord             a record that cannot be parsed or converted (names file and line)
-        ├── SourceContractViolation  the source broke its promise (changed or inserted files)
+        ├── SourceContractViolation  the source broke its promise (changed or inserted files, offsets deleted)
         ├── ConcurrentWriterError    another writer with the same app id keeps winning
         ├── TableError            the target is not a usable Delta table
         └── InternalError         lakesink broke one of its own rules: a bug to report
@@ -61,6 +62,10 @@ class CommitOutcomeUnknown(TransientError):
 
 class StorageUnavailable(TransientError):
     """The object store did not answer in time or answered with a server error."""
+
+
+class SourceUnavailable(TransientError):
+    """The source did not answer (a broker or database down or unreachable); nothing was lost: rerun."""
 
 
 class ConfigError(TerminalError):
