@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from lakesink._version import __version__
 
 if TYPE_CHECKING:
-    from lakesink.commit import CommitPolicy, WriteResult
+    from lakesink.commit import CommitPolicy, PartsResult, WriteResult
     from lakesink.config import CommitInterval, Dedup, Upsert, WriteConfig
     from lakesink.errors import (
         BadRecord,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         LakesinkError,
         SchemaMismatch,
         SourceContractViolation,
+        SourceUnavailable,
         StorageUnavailable,
         TableError,
         TerminalError,
@@ -42,12 +43,13 @@ if TYPE_CHECKING:
     from lakesink.maintenance.status import TableStatus, table_status
     from lakesink.maintenance.vacuum import VacuumReport, vacuum_table
     from lakesink.maintenance.verify import VerifyReport, verify_table
-    from lakesink.sink import Sink
+    from lakesink.sink import Part, Sink
     from lakesink.storage.options import StorageOptions
 
 # Public name -> the module that defines it (the TYPE_CHECKING imports above, for type checkers).
 _MODULES = {
     "CommitPolicy": "lakesink.commit",
+    "PartsResult": "lakesink.commit",
     "WriteResult": "lakesink.commit",
     "CommitInterval": "lakesink.config",
     "Dedup": "lakesink.config",
@@ -61,6 +63,7 @@ _MODULES = {
     "LakesinkError": "lakesink.errors",
     "SchemaMismatch": "lakesink.errors",
     "SourceContractViolation": "lakesink.errors",
+    "SourceUnavailable": "lakesink.errors",
     "StorageUnavailable": "lakesink.errors",
     "TableError": "lakesink.errors",
     "TerminalError": "lakesink.errors",
@@ -83,6 +86,7 @@ _MODULES = {
     "vacuum_table": "lakesink.maintenance.vacuum",
     "VerifyReport": "lakesink.maintenance.verify",
     "verify_table": "lakesink.maintenance.verify",
+    "Part": "lakesink.sink",
     "Sink": "lakesink.sink",
     "StorageOptions": "lakesink.storage.options",
 }
@@ -137,9 +141,12 @@ __all__ = [
     "IngestReport",
     "InvalidPosition",
     "LakesinkError",
+    "Part",
+    "PartsResult",
     "SchemaMismatch",
     "Sink",
     "SourceContractViolation",
+    "SourceUnavailable",
     "StorageOptions",
     "StorageUnavailable",
     "TableError",

@@ -46,6 +46,7 @@ from lakesink.display import dataclass_html
 from lakesink.errors import (
     CommitOutcomeUnknown,
     ConcurrentWriterError,
+    InternalError,
     LakesinkError,
     SchemaMismatch,
     StorageUnavailable,
@@ -92,6 +93,51 @@ class AnyPrevious:
 
 ANY_PREVIOUS: AnyPrevious = AnyPrevious()
 """`previous=ANY_PREVIOUS`: commit whenever the committed position is below the batch's position."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One position a commit sets, `txn(app_id, position)`, only while the committed position is
+    below it (and is `previous`, unless that is ANY_PREVIOUS): see `settled`."""
+
+    app_id: str
+    position: int
+    previous: int | AnyPrevious | None = ANY_PREVIOUS
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOutcome:
+    """What committing several claims together did: all of them committed in one table version,
+    or none: then `results` holds, for each claim in order, the "skipped" or "stale" result that
+    kept it out (None for a claim that could still commit, without the others)."""
+
+    committed: bool
+    table_version: int
+    results: tuple[WriteResult | None, ...]
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PartsResult:
+    """What one `Sink.write_parts` did: a result per part, in the order given (its `app_id` is the
+    part's `txn` app id). The parts that committed did so in one table version, `table_version`
+    (with `commits` == 1; 0 when every part was skipped or stale)."""
+
+    parts: tuple[WriteResult, ...]
+    table_version: int
+    commits: int
+    files: int = 0
+
+    @property
+    def committed(self) -> bool:
+        return self.commits > 0
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    def _repr_html_(self) -> str:
+        return dataclass_html(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,14 +347,42 @@ class Committer:
             SchemaMismatch: another writer changed the table's schema so that the staged files no longer fit.
             TerminalError: the commit was refused for a reason retrying cannot fix.
         """
+        outcome = self.commit_claims(
+            handle, staged, [Claim(app_id, position, previous)], label=app_id, schema=schema, partition_by=partition_by
+        )
+        result = outcome.results[0]
+        assert result is not None  # one claim: it committed, or it is what settled the commit
+        return result
+
+    def commit_claims(
+        self,
+        handle: TableHandle,
+        staged: Sequence[StagedFile],
+        claims: Sequence[Claim],
+        *,
+        label: str,
+        schema: pa.Schema,
+        partition_by: Sequence[str],
+    ) -> CommitOutcome:
+        """Commit `staged` with every claim's `txn` in one commit, exactly once; or nothing, if any
+        claim must not commit (skipped or stale, checked on the same snapshot as the commit): the
+        caller then leaves those claims' rows out, and commits the rest again (`Sink.write_parts`).
+
+        `label` names the job in logs, metrics and commitInfo (the sink's app id).
+
+        Raises:
+            as `commit`.
+        """
+        if not claims or len({c.app_id for c in claims}) != len(claims):
+            raise InternalError(f"a commit needs claims with distinct app ids, not {[c.app_id for c in claims]}")
         job = _Job(
-            handle, staged, app_id, position, schema, partition_by, self._clock, previous, self._sleep, self._policy,
+            handle, staged, tuple(claims), label, schema, partition_by, self._clock, self._sleep, self._policy,
             self.checkpointer,
         )  # fmt: skip
         started = time.monotonic()
         return _recorded(job, self._commit(job), started, sum(f.size for f in staged))
 
-    def _commit(self, job: _Job) -> WriteResult:
+    def _commit(self, job: _Job) -> CommitOutcome:
         handle = job.handle
         if not self._log_store_known:
             self._log_store, self._log_store_known = open_log_store(self._uri, self._options), True
@@ -338,46 +412,51 @@ class Committer:
             as `commit`; ConfigError for a plan delta-rs cannot run (a bad window predicate).
         """
         job = _Job(
-            handle, (), app_id, position, source.schema, (), self._clock, previous, self._sleep, self._policy,
-            self.checkpointer,
+            handle, (), (Claim(app_id, position, previous),), app_id, source.schema, (), self._clock, self._sleep,
+            self._policy, self.checkpointer,
         )  # fmt: skip
         metrics: dict[str, Any] = {}
 
         def attempt(read_version: int, write_id: str) -> None:
             metrics.update(
                 handle.merge(
-                    source, plan, app_id=app_id, position=position, now_ms=int(job.clock() * 1000),
-                    commit_info=job.commit_info(write_id),
+                    source, plan, txns=job.txns(), now_ms=int(job.clock() * 1000), commit_info=job.commit_info(write_id)
                 )
-            )  # fmt: skip
+            )
 
         started = time.monotonic()
-        result = _commit_through_delta_rs(job, attempt)
-        if not result.committed:
+        outcome = _commit_through_delta_rs(job, attempt)
+        result = outcome.results[0]
+        assert result is not None
+        if not outcome.committed:
             return result
         changed = sum(metric(metrics, f"num_target_rows_{kind}") for kind in ("inserted", "updated", "deleted"))
-        return _recorded(job, replace(result, rows=changed, files=metric(metrics, "num_target_files_added")), started, 0)
+        merged = replace(result, rows=changed, files=metric(metrics, "num_target_files_added"))
+        _recorded(job, replace(outcome, results=(merged,)), started, 0)
+        return merged
 
 
-def _recorded(job: _Job, result: WriteResult, started: float, size: int) -> WriteResult:
-    """`result`, once its commit is counted in lakesink.metrics."""
-    if result.committed:
+def _recorded(job: _Job, outcome: CommitOutcome, started: float, size: int) -> CommitOutcome:
+    """`outcome`, once its commit is counted in lakesink.metrics."""
+    if outcome.committed:
         seconds = time.monotonic() - started
+        rows, files = sum(r.rows for r in outcome.results if r), sum(r.files for r in outcome.results if r)
         log.debug(
-            "committed position %d of %r to %s: version %d, %d rows, %d files, %.3f s",
-            job.position, job.app_id, job.handle.uri, result.table_version, result.rows, result.files, seconds,
-            extra={"app_id": job.app_id, "table": job.handle.uri, "version": result.table_version, "position": job.position,
-                   "rows": result.rows, "files": result.files, "bytes": size, "seconds": round(seconds, 4)},
+            "committed %s to %s: version %d, %d rows, %d files, %.3f s",
+            job.describe(), job.handle.uri, outcome.table_version, rows, files, seconds,
+            extra={"app_id": job.label, "table": job.handle.uri, "version": outcome.table_version,
+                   "position": job.claims[0].position if len(job.claims) == 1 else job.txns(),
+                   "rows": rows, "files": files, "bytes": size, "seconds": round(seconds, 4)},
         )  # fmt: skip
-        labels = {"app_id": job.app_id, "table": job.handle.uri}
+        labels = {"app_id": job.label, "table": job.handle.uri}
         METRICS.inc("lakesink_commits_total", 1, **labels)
-        METRICS.inc("lakesink_rows_written_total", result.rows, **labels)
-        METRICS.inc("lakesink_files_written_total", result.files, **labels)
+        METRICS.inc("lakesink_rows_written_total", rows, **labels)
+        METRICS.inc("lakesink_files_written_total", files, **labels)
         METRICS.inc("lakesink_bytes_written_total", size, **labels)
         METRICS.observe("lakesink_commit_seconds", seconds, **labels)
-        if result.reason == _LOST_ANSWER:
+        if outcome.reason == _LOST_ANSWER:
             METRICS.inc("lakesink_lost_answers_resolved_total", 1, **labels)
-    return result
+    return outcome
 
 
 def _append_attempt(job: _Job) -> Callable[[int, str], None]:
@@ -386,8 +465,7 @@ def _append_attempt(job: _Job) -> Callable[[int, str], None]:
             job.staged,
             schema=job.schema,
             partition_by=job.partition_by,
-            app_id=job.app_id,
-            position=job.position,
+            txns=job.txns(),
             now_ms=int(job.clock() * 1000),
             commit_info=job.commit_info(write_id),
         )
@@ -401,68 +479,89 @@ class _Job:
 
     handle: TableHandle
     staged: Sequence[StagedFile]
-    app_id: str
-    position: int
+    claims: tuple[Claim, ...]
+    label: str  # the job, in logs, metrics and commitInfo
     schema: pa.Schema
     partition_by: Sequence[str]
     clock: Callable[[], float]
-    previous: int | AnyPrevious | None
     sleep: Callable[[float], None]
     policy: CommitPolicy
     checkpointer: Checkpointer
 
-    def settled(self, *, retried: bool, write_id: str, since: int) -> WriteResult | None:
-        """`settled` for this job; after an attempt, a commit that landed with our write id is ours."""
-        committed = self.handle.committed_position(self.app_id)
-        if committed is not None and committed >= self.position and retried and _landed_ours(self.handle, write_id, since=since):
-            log.info("position %d of %r: %s", self.position, self.app_id, _LOST_ANSWER)
-            return self.committed(reason=_LOST_ANSWER)
-        return settled(self.handle, self.app_id, self.position, committed, self.previous, raced=retried)
+    def txns(self) -> dict[str, int]:
+        return {c.app_id: c.position for c in self.claims}
 
-    def committed(self, *, reason: str = "") -> WriteResult:
-        return WriteResult(
-            status="committed",
-            app_id=self.app_id,
-            position=self.position,
-            committed_position=self.position,
-            table_version=self.handle.version(),
-            rows=sum(f.num_records for f in self.staged),
-            files=len(self.staged),
-            reason=reason,
+    def describe(self) -> str:
+        if len(self.claims) == 1:
+            return f"position {self.claims[0].position} of {self.claims[0].app_id!r}"
+        return f"{len(self.claims)} positions of {self.label!r}"
+
+    def settled(self, *, retried: bool, write_id: str, since: int) -> CommitOutcome | None:
+        """`settled` for each claim; None if every one may commit. After an attempt, a commit that
+        landed with our write id is ours (it set every claim at once)."""
+        committed = [self.handle.committed_position(c.app_id) for c in self.claims]
+        reached = any(p is not None and p >= c.position for c, p in zip(self.claims, committed, strict=True))
+        if reached and retried and _landed_ours(self.handle, write_id, since=since):
+            log.info("%s: %s", self.describe(), _LOST_ANSWER)
+            return self.committed(reason=_LOST_ANSWER)
+        results = tuple(
+            settled(self.handle, c.app_id, c.position, p, c.previous, raced=retried)
+            for c, p in zip(self.claims, committed, strict=True)
         )
+        if all(r is None for r in results):
+            return None
+        return CommitOutcome(committed=False, table_version=self.handle.version(), results=results)
+
+    def committed(self, *, reason: str = "") -> CommitOutcome:
+        version = self.handle.version()
+        rows, files = sum(f.num_records for f in self.staged), len(self.staged)
+        results = tuple(
+            WriteResult(
+                status="committed", app_id=c.app_id, position=c.position, committed_position=c.position,
+                table_version=version, rows=rows if len(self.claims) == 1 else 0,
+                files=files if len(self.claims) == 1 else 0, reason=reason,
+            )
+            for c in self.claims
+        )  # fmt: skip
+        return CommitOutcome(committed=True, table_version=version, results=results, reason=reason)
 
     def commit_info(self, write_id: str) -> dict[str, object]:
         # Only this whitelist reaches commitInfo: never options, paths with credentials or user data.
-        return {
-            "lakesink.version": __version__,
-            "lakesink.appId": self.app_id,
-            "lakesink.position": self.position,
-            WRITE_ID_KEY: write_id,
-        }
+        info: dict[str, object] = {"lakesink.version": __version__, "lakesink.appId": self.label}
+        if len(self.claims) == 1:
+            info["lakesink.position"] = self.claims[0].position
+        else:
+            info["lakesink.positions"] = self.txns()
+        info[WRITE_ID_KEY] = write_id
+        return info
 
     def outcome_unknown(self, detail: str, cause: BaseException | None) -> CommitOutcomeUnknown:
         """The give-up error when the commit may or may not have landed; the staged files are kept."""
         error = CommitOutcomeUnknown(
-            f"the commit of position {self.position} for {self.app_id!r} may or may not have landed ({detail}); "
+            f"the commit of {self.describe()} may or may not have landed ({detail}); "
             "staged files are kept: rerun the same write when the store answers, and it will skip or commit.",
             table_uri=self.handle.uri,
-            app_id=self.app_id,
-            position=self.position,
+            app_id=self.label,
+            position=max(c.position for c in self.claims),
         )
         error.__cause__ = cause
         return error
 
     def lost_races(self) -> ConcurrentWriterError:
-        """The give-up error when other writers with this app id kept committing first."""
+        """The give-up error when other writers with these app ids kept committing first."""
         return ConcurrentWriterError(
-            f"gave up committing position {self.position} of {self.app_id!r}: another writer with the same app id "
-            f"committed first {self.policy.max_attempts} times. Run one copy of a job per app id."
+            f"gave up committing {self.describe()}: another writer with the same app id committed first "
+            f"{self.policy.max_attempts} times. Run one copy of a job per app id."
         )
 
+    def races(self, summary: EntrySummary) -> bool:
+        """Whether another writer's entry set a position of ours (a copy of this job)."""
+        return any(c.app_id in summary.txns for c in self.claims)
 
-def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
+
+def _commit_by_log_entry(job: _Job, log_store: LogStore) -> CommitOutcome:
     """Steps 1-4 of the module doc, with lakesink creating the log entry itself."""
-    handle, app_id, position, policy = job.handle, job.app_id, job.position, job.policy
+    handle, policy, label = job.handle, job.policy, job.label
     # Tags the entry, so after a lost answer the log tells whether the commit holding our
     # position is ours (report it committed) or a concurrent copy's (skipped).
     write_id = uuid.uuid4().hex
@@ -479,8 +578,7 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
         version = handle.version() + 1
         body = encode_append(
             job.staged,
-            app_id=app_id,
-            position=position,
+            txns=job.txns(),
             now_ms=int(job.clock() * 1000),
             read_version=version - 1,
             partition_by=job.partition_by,
@@ -492,9 +590,7 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
         try:
             created = log_store.create(version, body)
         except StorageUnavailable as exc:
-            log.info(
-                "position %d of %r: creating log entry %d got no answer (%s); reading it back", position, app_id, version, exc
-            )
+            log.info("%s: creating log entry %d got no answer (%s); reading it back", job.describe(), version, exc)
             created, last_error = None, exc
         if created:
             return _after_own_commit(job, version)
@@ -502,7 +598,7 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
         if summary is None:
             # Nothing there: the create did not land (or another writer's is still in flight).
             unanswered += 1
-            METRICS.inc("lakesink_commit_retries_total", app_id=app_id, table=handle.uri)
+            METRICS.inc("lakesink_commit_retries_total", app_id=label, table=handle.uri)
             if unanswered >= policy.max_attempts:
                 raise job.outcome_unknown(
                     f"{policy.max_attempts} attempts: {last_error or 'the log entry stayed absent'}", last_error
@@ -511,19 +607,20 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> WriteResult:
             continue
         if summary.write_id == write_id:
             return _after_own_commit(job, version, reason=_LOST_ANSWER)
-        log.info("position %d of %r: another writer created log entry %d first; re-checking", position, app_id, version)
-        METRICS.inc("lakesink_commit_conflicts_total", app_id=app_id, table=handle.uri)
-        if app_id in summary.txns:
+        log.info("%s: another writer created log entry %d first; re-checking", job.describe(), version)
+        METRICS.inc("lakesink_commit_conflicts_total", app_id=label, table=handle.uri)
+        raced = job.races(summary)
+        if raced:
             races += 1
             if races >= policy.max_attempts:
                 raise job.lost_races()
         others += 1
-        if summary.changes_table or app_id in summary.txns or others > _READ_ONE_BY_ONE:
+        if summary.changes_table or raced or others > _READ_ONE_BY_ONE:
             # A new schema or protocol, a copy of this job (decide from its latest position, which
             # a stale result tells the caller to re-read from), or a writer far ahead: let
             # delta-rs read up to the latest entry.
             _refresh_or_unknown(job, last_error or RuntimeError("concurrent commit"))
-            check_files_fit(handle, job.schema, job.partition_by, doing=f"position {position} of {app_id!r} was being committed")
+            check_files_fit(handle, job.schema, job.partition_by, doing=f"{job.describe()} was being committed")
             others = 0
         else:
             handle.advance(version, summary.txns)
@@ -547,11 +644,11 @@ def _read_entry(job: _Job, log_store: LogStore, version: int, *, cause: BaseExce
     raise job.outcome_unknown(f"{cause or 'no answer'}; log entry {version} could not be read back to decide", cause)
 
 
-def _after_own_commit(job: _Job, version: int, *, reason: str = "") -> WriteResult:
+def _after_own_commit(job: _Job, version: int, *, reason: str = "") -> CommitOutcome:
     handle = job.handle
     crash_point("after_commit")
-    handle.advance(version, {job.app_id: job.position})
-    log.debug("committed %d of %r: %d files, version %d", job.position, job.app_id, len(job.staged), version)
+    handle.advance(version, job.txns())
+    log.debug("committed %s: %d files, version %d", job.describe(), len(job.staged), version)
     _checkpoint_if_due(job, version, version)
     return job.committed(reason=reason)
 
@@ -573,10 +670,10 @@ def _expired_log_cleanup_enabled(configuration: Mapping[str, str]) -> bool:
     return str(configuration.get("delta.enableExpiredLogCleanup", "true")).lower() != "false"
 
 
-def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], None]) -> WriteResult:
+def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], None]) -> CommitOutcome:
     """Steps 1-3 of the module doc, with delta-rs committing (for stores without create-only PUTs,
     and for merges): `attempt_commit(read_version, write_id)` makes one attempt."""
-    handle, app_id, position, policy = job.handle, job.app_id, job.position, job.policy
+    handle, policy, label = job.handle, job.policy, job.label
     last_error: BaseException | None = None
     # Tags every attempt's commitInfo, so after a lost answer the log tells whether the commit
     # holding our position is ours (report it committed) or a concurrent copy's (skipped).
@@ -593,18 +690,17 @@ def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], Non
             attempt_commit(read_version, write_id)
         except CommitConflict as exc:
             # Another writer with this app id committed since our snapshot: re-check, never re-send.
-            log.info("position %d of %r: another writer committed since version %d; re-checking", position, app_id, read_version)
-            METRICS.inc("lakesink_commit_conflicts_total", app_id=app_id, table=handle.uri)
+            log.info("%s: another writer committed since version %d; re-checking", job.describe(), read_version)
+            METRICS.inc("lakesink_commit_conflicts_total", app_id=label, table=handle.uri)
             last_error = exc
             _refresh_or_unknown(job, exc)
             continue
         except CommitNotAnswered as exc:
             log.info(
-                "position %d of %r: commit attempt %d failed, outcome unknown (%s); reading the log to decide",
-                position, app_id, attempt + 1, exc,
-            )  # fmt: skip
+                "%s: commit attempt %d failed, outcome unknown (%s); reading the log to decide", job.describe(), attempt + 1, exc
+            )
             last_error = exc
-            METRICS.inc("lakesink_commit_retries_total", app_id=app_id, table=handle.uri)
+            METRICS.inc("lakesink_commit_retries_total", app_id=label, table=handle.uri)
             _refresh_or_unknown(job, exc)
             job.sleep(_backoff(policy, attempt))
             continue
@@ -614,13 +710,13 @@ def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], Non
         except StorageUnavailable:
             pass  # the commit landed; the next write refreshes before it trusts the snapshot
         else:
-            handle.note_own_commit(app_id, position, read_version=read_version)
+            handle.note_own_commit(job.txns(), read_version=read_version)
             # delta-rs's post-commit hook is told not to checkpoint (it would, inline); when no other
             # writer got in first, ours is the version after the one we read.
             _checkpoint_if_due(job, read_version + 1, handle.version())
         log.debug(
-            "committed %d of %r: %d files, %d rows, version %d",
-            position, app_id, len(job.staged), sum(f.num_records for f in job.staged), handle.version(),
+            "committed %s: %d files, %d rows, version %d",
+            job.describe(), len(job.staged), sum(f.num_records for f in job.staged), handle.version(),
         )  # fmt: skip
         return job.committed()
     if isinstance(last_error, CommitConflict):

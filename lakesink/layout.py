@@ -35,7 +35,7 @@ _LOG_ENTRY = re.compile(r"^(\d{20})\.json$")
 _LOG_ENTRY_TEMP = re.compile(r"^_commit_[0-9a-f]{32}\.json\.tmp$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
 _LEDGER = re.compile(r"^([^/]+)/(\d{20})\.json$")
-_TEMP = re.compile(r"\.\d+\.tmp$")
+_TEMP = re.compile(r"\.\d+(?:\.\d+)?\.tmp$")
 _DATA_FILE = "part-{position:020d}-{part:05d}-{slug}-{tag}.snappy.parquet"
 
 
@@ -191,6 +191,35 @@ def changelog_table_uri(root_uri: str, schema: str, table: str) -> str:
     return f"{mirror_table_uri(root_uri, schema, table)}_changes"
 
 
+# -- txn app ids -------------------------------------------------------------------------------------
+# A job's app id names its `txn`; a job whose source has partitions of its own (Kafka) sets one
+# `txn` per source partition, `<app id>/<part key>`. These names are stable: a rerun finds its
+# positions by them, so never change how they are built.
+
+
+def part_app_id(app_id: str, key: str) -> str:
+    """The `txn` app id of source partition `key` of the job `app_id`: `<app id>/<key>`."""
+    return f"{app_id}/{key}"
+
+
+def part_key(app_id: str, txn_app_id: str) -> str | None:
+    """The part key in `txn_app_id` if it is one of `app_id`'s parts (`part_app_id`), else None."""
+    prefix = f"{app_id}/"
+    return txn_app_id[len(prefix) :] if txn_app_id.startswith(prefix) and len(txn_app_id) > len(prefix) else None
+
+
+def kafka_part_key(topic: str, partition: int) -> str:
+    """The part key of a Kafka topic partition: `<topic>/<partition>` (a topic name has no `/`),
+    so its `txn` app id is `<app id>/<topic>/<partition>`."""
+    return f"{topic}/{partition}"
+
+
+def parse_kafka_part_key(key: str) -> tuple[str, int] | None:
+    """(topic, partition) of a `kafka_part_key`, or None if `key` is not one."""
+    topic, _, number = key.rpartition("/")
+    return (topic, int(number)) if topic and "/" not in topic and number.isdigit() else None
+
+
 def snapshot_app_id(app_id: str, consistent_point: int) -> str:
     """The app id of the chunks of an initial snapshot taken at `consistent_point` (a new one per attempt)."""
     return f"{app_id}/snapshot/{consistent_point}"
@@ -204,9 +233,10 @@ def tombstone_table_uri(table_uri: str) -> str:
 # -- local temporary files, hidden names ------------------------------------------------------------
 
 
-def temp_path(path: str, pid: int) -> str:
-    """Where process `pid` writes `path` on local disk before renaming it into place."""
-    return f"{path}.{pid}.tmp"
+def temp_path(path: str, pid: int, thread: int) -> str:
+    """Where thread `thread` of process `pid` writes `path` on local disk before renaming it into
+    place (two threads may stage the same content-named file at once: each needs its own)."""
+    return f"{path}.{pid}.{thread}.tmp"
 
 
 def strip_temp(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -13,9 +14,12 @@ import pyarrow as pa
 from lakesink.commit import (
     ANY_PREVIOUS,
     AnyPrevious,
+    Claim,
+    CommitOutcome,
     CommitPolicy,
     Committer,
     LogStore,
+    PartsResult,
     WriteResult,
     add_columns,
     check_files_fit,
@@ -29,8 +33,8 @@ from lakesink.delta.log_entry import StagedFile
 from lakesink.delta.merge import MergePlan
 from lakesink.delta.table import DEFAULT_CHECKPOINT_INTERVAL, TableHandle
 from lakesink.display import html_table
-from lakesink.errors import ConfigError, InvalidPosition
-from lakesink.layout import tombstone_table_uri
+from lakesink.errors import ConfigError, InvalidPosition, SchemaMismatch
+from lakesink.layout import part_app_id, part_key, tombstone_table_uri
 from lakesink.storage.objects import ObjectStore, open_store
 from lakesink.storage.options import StorageOptions
 from lakesink.storage.uri import normalize_table_uri
@@ -43,6 +47,21 @@ from lakesink.write.stats import StatsColumns
 
 _MAX_POSITION = 2**63 - 1
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Rows of one partition of a source (`key`, e.g. a Kafka topic partition "orders/3"), and the
+    position they take it to: `Sink.write_parts` commits several in one commit, each exactly once.
+
+    Its `txn` app id is `<sink app id>/<key>` (lakesink.layout.part_app_id). `previous` means what
+    it means for `Sink.write`: the position this part's rows continue from.
+    """
+
+    key: str
+    data: Any
+    position: int
+    previous: int | AnyPrevious | None = ANY_PREVIOUS
 
 
 class Sink:
@@ -134,13 +153,27 @@ class Sink:
         """The open table, or None before the first write created it."""
         return self._handle
 
-    def committed_position(self) -> int | None:
+    def committed_position(self, *, part: str | None = None) -> int | None:
         """The last position committed for this app id (None before the first commit), as of the
         table this sink opened (or created, or last refreshed): no request to the store. A table
-        another writer created since is found by `refresh`, or by the first write."""
+        another writer created since is found by `refresh`, or by the first write.
+
+        With `part`, the position of that source partition (`write_parts`)."""
         if self._handle is None:
             return None
-        return self._handle.committed_position(self.app_id)
+        return self._handle.committed_position(self.app_id if part is None else part_app_id(self.app_id, part))
+
+    def committed_parts(self) -> dict[str, int] | None:
+        """Every source partition's committed position (`write_parts`), by part key, as of this
+        sink's snapshot; None when the table's log is read by delta-rs, which cannot list them
+        (ask `committed_position(part=...)` for the keys you know)."""
+        if self._handle is None:
+            return {}
+        txns = self._handle.known_txns()
+        if txns is None:
+            return None
+        keys = {app: part_key(self.app_id, app) for app in txns}
+        return {key: txns[app] for app, key in keys.items() if key is not None}
 
     def refresh(self) -> None:
         """Read log entries other writers added since the last call."""
@@ -213,6 +246,96 @@ class Sink:
             handle, staged, app_id=self.app_id, position=position, schema=fitted.table.schema, partition_by=partition_by,
             previous=previous,
         )  # fmt: skip
+
+    def write_parts(self, parts: Sequence[Part]) -> PartsResult:
+        """Commit the rows of several source partitions, and each one's position, in one commit.
+
+        Each part is decided as `write` decides a batch, on the same snapshot the commit is made
+        on: a part whose position is committed already is "skipped", one whose partition another
+        writer moved inside it (see `previous`) is "stale"; either way its rows are left out, and
+        the other parts are committed together, once. A part with no rows still commits its position.
+        Appends only (a keyed write takes one position: `write` with `mode`).
+
+            sink.write_parts([Part("orders/0", rows0, position=120, previous=99),
+                              Part("orders/1", rows1, position=98, previous=80)])
+
+        Raises:
+            InvalidPosition: a position that is not a non-negative int64; ConfigError: two parts with one key.
+            TableError: the table does not exist yet and no part has rows to create it with.
+            SchemaMismatch, ConcurrentWriterError, CommitOutcomeUnknown, StorageUnavailable: as `write`.
+        """
+        keys = [p.key for p in parts]
+        if len(set(keys)) != len(keys) or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(f"write_parts needs a distinct, non-empty key per part, not {keys}")
+        for p in parts:
+            _check_position(p.position)
+            if not (isinstance(p.previous, (AnyPrevious, int)) or p.previous is None):
+                raise InvalidPosition(f"previous must be an int or None, not {type(p.previous).__name__}")
+        claims = [Claim(part_app_id(self.app_id, p.key), p.position, p.previous) for p in parts]
+        results: list[WriteResult | None] = [None] * len(parts)
+        rows = [to_arrow(p.data) for p in parts]
+        files = 0
+        while True:
+            if self._handle is not None:
+                for i, claim in enumerate(claims):
+                    if results[i] is None:
+                        committed = self._handle.committed_position(claim.app_id)
+                        results[i] = settled(self._handle, claim.app_id, claim.position, committed, claim.previous)
+            pending = [i for i, r in enumerate(results) if r is None]
+            if not pending:
+                break
+            outcome, files = self._commit_parts([claims[i] for i in pending], [rows[i] for i in pending])
+            for i, result in zip(pending, outcome.results, strict=True):
+                if outcome.committed and result is not None:
+                    result = replace(result, rows=rows[i].num_rows)
+                results[i] = result
+            if outcome.committed:
+                break
+        done = [r for r in results if r is not None]
+        landed = [r for r in done if r.committed]
+        version = landed[0].table_version if landed else (self._handle.version() if self._handle else -1)
+        return PartsResult(parts=tuple(done), table_version=version, commits=1 if landed else 0, files=files if landed else 0)
+
+    def _commit_parts(self, claims: list[Claim], parts: list[pa.Table]) -> tuple[CommitOutcome, int]:
+        """Stage the rows of `parts` together and commit them with every claim, or with none."""
+        with_rows = [t for t in parts if t.num_rows]
+        if not with_rows:
+            handle = self._handle or TableHandle.open_existing(self.uri, self._options)
+            self._handle = handle
+            schema, partition_by = handle.arrow_schema(), handle.partition_columns()
+            return self._committer.commit_claims(
+                handle, [], claims, label=self.app_id, schema=schema, partition_by=partition_by
+            ), 0  # fmt: skip
+        try:
+            together = pa.concat_tables(with_rows, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise SchemaMismatch(
+                f"the parts of one write_parts call have conflicting columns ({exc}): give them one schema"
+            ) from exc
+        handle, fitted = self._fit_to_table(together)
+        partition_by = handle.partition_columns()
+        stats = StatsColumns.of_table(handle.configuration())
+        position = max(c.position for c in claims)
+        existing: list[tuple[str, bytes]] = []
+        staged = stage_batch(
+            self.store, fitted.table, app_id=self.app_id, position=position, partition_by=partition_by, stats=stats,
+            existing=existing,
+        )  # fmt: skip
+        if existing:
+            # As `_restage`: only when no part was committed meanwhile are they a killed run's orphans.
+            handle.refresh()
+            decided = tuple(
+                settled(handle, c.app_id, c.position, handle.committed_position(c.app_id), c.previous) for c in claims
+            )
+            if any(decided):
+                return CommitOutcome(committed=False, table_version=handle.version(), results=decided), 0
+            for path, body in existing:
+                self.store.write_bytes(path, body)
+        crash_point("after_stage")
+        outcome = self._committer.commit_claims(
+            handle, staged, claims, label=self.app_id, schema=fitted.table.schema, partition_by=partition_by
+        )
+        return outcome, len(staged)
 
     def _fit_to_table(self, data: pa.Table) -> tuple[TableHandle, Fitted]:
         """The table (created for `data` if there is none) and `data` fitted to it, new columns added."""

@@ -3,7 +3,8 @@ entry tells a committer.
 
 An append commit is a Delta log entry (PROTOCOL.md, "Delta Log Entries") holding, one JSON
 action per line: `commitInfo` (tagged with this write's id, so a writer can recognise its own
-commit after a lost answer), one `add` per staged file, and `txn(appId, version=position)`.
+commit after a lost answer), one `add` per staged file, and a `txn(appId, version=position)` per
+position it sets (one per source partition it holds rows or progress of).
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ class StagedFile:
 def encode_append(
     staged: Sequence[StagedFile],
     *,
-    app_id: str,
-    position: int,
+    txns: Mapping[str, int],
     now_ms: int,
     read_version: int,
     partition_by: Sequence[str],
     commit_info: Mapping[str, object],
     client_version: str,
 ) -> bytes:
-    """The log entry that appends `staged` and sets `txn(app_id, position)`."""
+    """The log entry that appends `staged` and sets `txn(app_id, position)` for each of `txns`
+    (several: one commit carries the positions of several source partitions)."""
     info = {
         "timestamp": now_ms,
         "operation": "WRITE",
@@ -62,7 +63,9 @@ def encode_append(
             "stats": f.stats,
         }
         lines.append(json.dumps({"add": add}, separators=(",", ":")))
-    lines.append(json.dumps({"txn": {"appId": app_id, "version": position, "lastUpdated": now_ms}}, separators=(",", ":")))
+    for app_id, position in txns.items():
+        txn = {"appId": app_id, "version": position, "lastUpdated": now_ms}
+        lines.append(json.dumps({"txn": txn}, separators=(",", ":")))
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -339,14 +339,21 @@ class TableHandle:
         self._asked[app_id] = (self.version(), position)
         return position
 
-    def note_own_commit(self, app_id: str, position: int, *, read_version: int) -> None:
+    def known_txns(self) -> dict[str, int] | None:
+        """Every app id's `txn` version at this handle's version, when lakesink read them all itself
+        (None when delta-rs reads this table's txns, or they may expire: ask `committed_position`)."""
+        if not self._txns_complete or TXN_RETENTION in self._snapshot.metadata.configuration:
+            return None
+        return dict(self._snapshot.txns)
+
+    def note_own_commit(self, txns: Mapping[str, int], *, read_version: int) -> None:
         """After a successful commit and refresh: if ours is the only new commit, remember its txn.
 
         Otherwise another writer committed too and the next read asks the log, so a zombie's
         commit landed in between is never hidden.
         """
         if self.version() == read_version + 1:
-            self._asked[app_id] = (read_version + 1, position)
+            self._asked.update({app_id: (read_version + 1, position) for app_id, position in txns.items()})
 
     def commit_infos(self, versions: range) -> list[dict[str, Any]]:
         """The commitInfo of each given version, read by name (GETs only; no LIST of the log).
@@ -410,12 +417,11 @@ class TableHandle:
         *,
         schema: pa.Schema,
         partition_by: Sequence[str],
-        app_id: str,
-        position: int,
+        txns: Mapping[str, int],
         now_ms: int,
         commit_info: Mapping[str, object],
     ) -> None:
-        """Commit `staged` with `txn(app_id, position)` through delta-rs, which checks for conflicts.
+        """Commit `staged` with `txn(app_id, position)` for each of `txns` through delta-rs, which checks for conflicts.
         Its post-commit hook neither checkpoints nor cleans up: lakesink.commit has that done in the
         background (lakesink.delta.checkpointer).
 
@@ -431,14 +437,14 @@ class TableHandle:
                 schema,
                 partition_by=list(partition_by) or None,
                 commit_properties=CommitProperties(
-                    custom_metadata=dict(commit_info), app_transactions=[Transaction(app_id, position, now_ms)]
+                    custom_metadata=dict(commit_info), app_transactions=_transactions(txns, now_ms)
                 ),
                 post_commithook_properties=_NO_POST_COMMIT_WORK,
             )
         except CommitFailedError as exc:
             raise CommitConflict(translate(exc, None, doing="commit").args[0]) from exc
         except (DeltaProtocolError, SchemaMismatchError, ValueError, TypeError) as exc:
-            raise translate(exc, None, doing=f"commit position {position} of {app_id!r}") from exc
+            raise translate(exc, None, doing=f"commit {_positions_text(txns)}") from exc
         except Exception as exc:
             raise CommitNotAnswered(translate(exc, None, doing="commit").args[0]) from exc
 
@@ -448,13 +454,12 @@ class TableHandle:
         source: pa.Table,
         plan: MergePlan,
         *,
-        app_id: str,
-        position: int,
+        txns: Mapping[str, int],
         now_ms: int,
         commit_info: Mapping[str, object],
     ) -> dict[str, Any]:
         """MERGE `source` into the table as `plan` says, in one commit that also sets
-        `txn(app_id, position)`, on this handle's snapshot (delta-rs refuses it if another writer
+        `txn(app_id, position)` for each of `txns`, on this handle's snapshot (delta-rs refuses it if another writer
         committed since); returns delta-rs's metrics.
 
         Raises:
@@ -471,7 +476,7 @@ class TableHandle:
                 source_alias=SOURCE,
                 target_alias=TARGET,
                 commit_properties=CommitProperties(
-                    custom_metadata=dict(commit_info), app_transactions=[Transaction(app_id, position, now_ms)]
+                    custom_metadata=dict(commit_info), app_transactions=_transactions(txns, now_ms)
                 ),
                 post_commithook_properties=_NO_POST_COMMIT_WORK,
             )
@@ -479,7 +484,7 @@ class TableHandle:
         except CommitFailedError as exc:
             raise CommitConflict(translate(exc, None, doing="merge").args[0]) from exc
         except (DeltaProtocolError, SchemaMismatchError, ValueError, TypeError) as exc:
-            raise translate(exc, None, doing=f"merge position {position} of {app_id!r}") from exc
+            raise translate(exc, None, doing=f"merge {_positions_text(txns)}") from exc
         except Exception as exc:
             if _is_plan_error(exc):
                 raise ConfigError(f"cannot merge into {self.uri}: {translate(exc, None, doing='merge').args[0]}") from exc
@@ -487,8 +492,8 @@ class TableHandle:
         if self._delta_rs().version() == read_version:
             # A merge that changes no row commits nothing, txn included: commit the position alone.
             self.commit_transaction(
-                [], schema=self.arrow_schema(), partition_by=self.partition_columns(), app_id=app_id, position=position,
-                now_ms=now_ms, commit_info=commit_info,
+                [], schema=self.arrow_schema(), partition_by=self.partition_columns(), txns=txns, now_ms=now_ms,
+                commit_info=commit_info,
             )  # fmt: skip
         self._follow_delta_rs()
         return dict(metrics)
@@ -585,6 +590,14 @@ class TableHandle:
 # Commits through delta-rs leave the checkpoint (and the expired-log cleanup after it) to
 # lakesink.commit, which has it written in the background instead of inside the commit.
 _NO_POST_COMMIT_WORK = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
+
+
+def _transactions(txns: Mapping[str, int], now_ms: int) -> list[Transaction]:
+    return [Transaction(app_id, position, now_ms) for app_id, position in txns.items()]
+
+
+def _positions_text(txns: Mapping[str, int]) -> str:
+    return ", ".join(f"position {position} of {app_id!r}" for app_id, position in txns.items())
 
 
 def _is_plan_error(exc: BaseException) -> bool:

@@ -16,7 +16,7 @@ offset (`2026-11-01T12:00:00+02:00`) become `timestamp` (UTC instants); timestam
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
@@ -43,7 +43,17 @@ def infer_schema(source: FileSource, start: FilePosition, *, max_records: int = 
     that ends its file's part of the sample).
     """
     sampler = source.reading_at_most(min(source.max_record_bytes, _SAMPLE_BLOCK_BYTES))
-    parts = list(_sample(sampler, start, max_records=max_records, schema=None))
+    return schema_of_sample(lambda schema: list(_sample(sampler, start, max_records=max_records, schema=schema)))
+
+
+def schema_of_sample(read: Callable[[pa.Schema | None], list[tuple[pa.Table, str]]]) -> pa.Schema | None:
+    """The schema the sample `read` gives (None: no column), by the rules of the module docstring.
+
+    `read(schema)` reads the sample's records with `schema` (None: the readers' own inference) as
+    (table, format) pairs: once with None, and again with the columns that may hold dates or times
+    as text, when there are any. (The file source's sample, or the Kafka source's first messages.)
+    """
+    parts = read(None)
     if not parts:
         return None
     schema = _unify([table for table, _ in parts])
@@ -60,7 +70,7 @@ def infer_schema(source: FileSource, start: FilePosition, *, max_records: int = 
     if not text:
         return schema
     as_text = pa.schema([f.with_type(pa.string()) if f.name in text else f for f in schema])
-    raw = [table for table, fmt in _sample(sampler, start, max_records=max_records, schema=as_text) if fmt != "parquet"]
+    raw = [table for table, fmt in read(as_text) if fmt != "parquet"]
     kinds = {name: _kind_of_text([t.column(name) for t in raw if name in t.column_names]) for name in text}
     return pa.schema([f.with_type(kinds[f.name] or f.type) if f.name in kinds else f for f in schema])
 

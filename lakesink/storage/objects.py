@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ class ArrowObjectStore:
         """
         full = self._full(path)
         local = isinstance(self._fs, pafs.LocalFileSystem)
-        target = temp_path(full, os.getpid()) if local else full
+        target = temp_path(full, os.getpid(), threading.get_ident()) if local else full
         try:
             if local:
                 self._fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
@@ -211,7 +212,7 @@ class ArrowObjectStore:
 def _write_local_atomically(full: str, data: bytes) -> None:
     # A crash mid-write must never leave a torn file under the final name: readers and
     # re-staging both trust that a present file is whole.
-    tmp = temp_path(full, os.getpid())
+    tmp = temp_path(full, os.getpid(), threading.get_ident())
     try:
         with open(tmp, "wb") as out:
             out.write(data)

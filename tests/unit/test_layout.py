@@ -68,12 +68,12 @@ def test_ledger_paths_parse_back_including_interrupted_writes() -> None:
     path = layout.ledger_path("job", 99)
     parsed = layout.parse_ledger_path(path)
     assert parsed == layout.LedgerName(slug=layout.app_slug("job"), position=99, temp=False)
-    assert layout.parse_ledger_path(layout.temp_path(path, 1234)) == layout.LedgerName(parsed.slug, 99, temp=True)
+    assert layout.parse_ledger_path(layout.temp_path(path, 1234, 140234)) == layout.LedgerName(parsed.slug, 99, temp=True)
     assert layout.parse_ledger_path("_lakesink/ledger/x/notes.txt") is None
     assert layout.parse_ledger_path("part-1.parquet") is None
 
 
 def test_hidden_names_and_temporary_files() -> None:
     assert layout.is_hidden("_delta_log/x.json") and layout.is_hidden("a/.b/c") and not layout.is_hidden("day=1/f.parquet")
-    assert layout.strip_temp(layout.temp_path("f.parquet", 77)) == "f.parquet"
+    assert layout.strip_temp(layout.temp_path("f.parquet", 77, 9)) == "f.parquet"
     assert layout.is_data_file("d=1/f.parquet.77.tmp") and not layout.is_data_file("_lakesink/ledger/x.parquet")

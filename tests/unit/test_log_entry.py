@@ -10,7 +10,7 @@ from lakesink.delta.log_entry import WRITE_ID_KEY, StagedFile, encode_append, su
 from lakesink.errors import TableError
 
 
-def entry() -> bytes:
+def entry(txns: dict[str, int] | None = None) -> bytes:
     staged = [
         StagedFile(
             path="p=a b/part-1.parquet", size=10, partition_values=(("p", "a b"),), stats='{"numRecords":2}', num_records=2
@@ -18,14 +18,21 @@ def entry() -> bytes:
     ]
     return encode_append(
         staged,
-        app_id="job",
-        position=42,
+        txns={"job": 42} if txns is None else txns,
         now_ms=1_700_000_000_000,
         read_version=6,
         partition_by=["p"],
         commit_info={WRITE_ID_KEY: "w1", "lakesink.appId": "job"},
         client_version="lakesink-0",
     )
+
+
+def test_an_append_of_several_partitions_holds_one_txn_per_position_and_summarizes_to_them_all() -> None:
+    body = entry({"job/orders/0": 120, "job/orders/1": 98})
+    actions = [json.loads(line) for line in body.decode().splitlines()]
+    assert [next(iter(a)) for a in actions] == ["commitInfo", "add", "txn", "txn"]
+    assert [(a["txn"]["appId"], a["txn"]["version"]) for a in actions[2:]] == [("job/orders/0", 120), ("job/orders/1", 98)]
+    assert summarize(body, version=7).txns == {"job/orders/0": 120, "job/orders/1": 98}
 
 
 def test_an_append_is_commit_info_one_add_per_file_and_the_txn() -> None:
