@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lakesink.cli.cdc:cdc_command",
         "Mirror the tables of a PostgreSQL publication into Delta tables under ROOT.",
     ),
+    "kafka": (
+        "lakesink.cli.kafka:kafka_command",
+        "Consume Kafka topics into the Delta table TABLE, each message exactly once.",
+    ),
     "status": (
         "lakesink.cli.tables:status_command",
         "Show TABLE's version, files, rows and every app id's committed position.",

@@ -37,6 +37,8 @@ _FLAGS: Mapping[str, tuple[str, bool]] = {
     "where": ("--where", True),
     "retention": ("--retention", True),
     "allow_short_retention": ("--allow-short-retention", False),
+    "accept_gap": ("--accept-gap", False),
+    "consumer_options": ("--consumer-option", True),
 }
 
 
