@@ -453,7 +453,7 @@ class KafkaSource:
                 "Check topics= (--topic); nothing was lost, the table keeps its positions.",
                 options=("topics",),
             )
-        if error.fatal() or code in codes.refusals:
+        if error.fatal() or code == codes.fatal or code in codes.refusals:
             raise self._translated(error)
         log.warning("Kafka: %s", self._text(error))
 
@@ -472,7 +472,7 @@ class KafkaSource:
         """librdkafka's error_cb: connection trouble (retried by librdkafka) or a fatal error."""
         codes = self._codes
         code = error.code()
-        if error.fatal() or code in codes.refusals:
+        if error.fatal() or code == codes.fatal or code in codes.refusals:
             self._failed = self._failed or self._translated(error)
         elif code in codes.connection:
             if self._trouble is None:

@@ -183,6 +183,7 @@ class ErrorCodes:
     underscore in confluent-kafka: `KafkaError._TRANSPORT`)."""
 
     partition_eof: int
+    fatal: int  # a fatal error reported on a message or event (its cause is in the text: e.g. fenced)
     auto_offset_reset: int
     state: int  # a partition that cannot seek (stopped after an offset out of range)
     unknown_topic: tuple[int, ...]
@@ -195,6 +196,7 @@ def error_codes() -> ErrorCodes:
     code = vars(client().KafkaError)
     return ErrorCodes(
         partition_eof=code["_PARTITION_EOF"],
+        fatal=code["_FATAL"],
         auto_offset_reset=code["_AUTO_OFFSET_RESET"],
         state=code["_STATE"],
         unknown_topic=(code["UNKNOWN_TOPIC_OR_PART"], code["_UNKNOWN_TOPIC"], code["_UNKNOWN_PARTITION"]),
@@ -216,6 +218,12 @@ def translated(ck: Any, options: KafkaOptions, error: Any, *, doing: str, troubl
     anything else a SourceUnavailable (librdkafka retries what can be retried before it says so)."""
     text = options.redact(error.str() if hasattr(error, "str") else str(error))
     code = error.code() if hasattr(error, "code") else None
+    if "fenced" in text.lower():
+        return ConfigError(
+            f"Kafka at {options.bootstrap}: {text}. Another consumer took this one's place in group {options.group} (the "
+            "same group.instance.id, or a newer transactional member): this copy stops without committing what it held; "
+            "run one process per group.instance.id."
+        )
     if code in error_codes().refusals:
         return ConfigError(
             f"Kafka at {options.bootstrap} refused {doing}: {text}. Check the credentials and ACLs (consumer options "
