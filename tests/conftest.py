@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -95,3 +96,40 @@ def pg_database(postgres: PostgresServer) -> Iterator[str]:
         yield postgres.dsn(name)
     finally:
         postgres.drop_database(name)
+
+
+# Kafka (tests/support/kafka.py) is imported where used: confluent-kafka is only needed by the Kafka tests.
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.support.kafka import KafkaBroker
+
+_topic_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One noida-db Kafka broker for the session (tests/support/kafka.py); fails, never skips, without noida-db.
+
+    Shared: tests must not restart or kill it (those start their own with start_kafka(tmp_path)).
+    """
+    from tests.support.kafka import KafkaUnavailable, start_kafka
+
+    try:
+        broker = start_kafka(tmp_path_factory.mktemp("kafka"))
+    except KafkaUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka_topic(kafka_broker: KafkaBroker) -> Callable[..., str]:
+    """`make(partitions=6, **config) -> name`: a new topic with a unique name on the session's broker."""
+
+    def make(partitions: int = 6, **config: str | int) -> str:
+        return kafka_broker.create_topic(f"t-{os.getpid()}-{next(_topic_ids)}", partitions, **config)
+
+    return make
