@@ -71,6 +71,21 @@ def kafka_args(uri: str, broker: KafkaBroker, topic: str, storage: dict[str, str
     return args
 
 
+def wait_or_dump(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """The exit code; if it does not exit in time, fail with its threads' stacks (py-spy, when installed)."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        spy = Path(sys.executable).with_name("py-spy")
+        stacks = (
+            subprocess.run([str(spy), "dump", "--pid", str(process.pid)], capture_output=True, text=True).stdout
+            if spy.exists()
+            else ""
+        )
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"member {process.pid} did not exit in {timeout} s:\n{stacks}") from None
+
+
 class Members:
     """The group's `lakesink kafka` processes, their output appended to one log."""
 
@@ -79,6 +94,7 @@ class Members:
         self.log = log
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.exits: list[tuple[str, int]] = []
+        self.started: dict[str, float] = {}
 
     def start(self, name: str, *, static: bool, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         args = [*self.args, "--commit-interval", "20000rows,64MB,1s", *extra]
@@ -88,6 +104,7 @@ class Members:
             out.write(f"=== {name} starts\n".encode())
             process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.running[name] = process
+        self.started[name] = time.monotonic()
         return process
 
     def signal(self, name: str, signum: int) -> subprocess.Popen[bytes]:
@@ -102,6 +119,8 @@ class Members:
 
     def stop(self, name: str) -> None:
         process = self.running.pop(name)
+        # A SIGTERM before the CLI has set its handler (start-up) would kill it instead: let it start.
+        time.sleep(max(0.0, self.started[name] + 3.0 - time.monotonic()))
         process.send_signal(signal.SIGTERM)
         self.exits.append((name, process.wait(timeout=120)))
 
@@ -139,21 +158,23 @@ def test_members_killed_frozen_and_restarted_at_random_while_producing_write_eve
     produce_json(broker.bootstrap, topic, (message(i) for i in range(first)), key=customer)
     total = first + more
 
+    bursts = random.Random(seed + 1)
+
     def produce_more() -> None:
         for burst in range(4):
-            time.sleep(rng.uniform(1.0, 4.0))
+            time.sleep(bursts.uniform(1.0, 4.0))
             start = first + burst * (more // 4)
             produce_json(broker.bootstrap, topic, (message(i) for i in range(start, start + more // 4)), key=customer)
 
-    producer = threading.Thread(target=produce_more)
+    producer = threading.Thread(target=produce_more)  # its own rng: the schedule's stays reproducible
     producer.start()
     members = Members(uri, broker, topic, storage, tmp_path / "members.log")
     done: dict[str, int] = {"kills": 0, "zombies": 0, "joins": 0, "leaves": 0}
     try:
         members.start("s1", static=True)
-        for _ in range(ROUNDS):
+        for step in range(ROUNDS):
             time.sleep(rng.uniform(0.5, 3.0))
-            action = rng.choice(["kill", "kill", "zombie", "dynamic"])
+            action = "zombie" if step in (2, 6) else rng.choice(["kill", "kill", "zombie", "dynamic"])
             if "s2" not in members.running and rng.random() < 0.5:
                 action = "join-s2"
             static = [n for n in members.running if n.startswith("s")]
@@ -171,7 +192,13 @@ def test_members_killed_frozen_and_restarted_at_random_while_producing_write_eve
                 members.start(name, static=True)
                 time.sleep(rng.uniform(1.0, 3.0))
                 os.killpg(old.pid, signal.SIGCONT)
-                code = old.wait(timeout=120)
+                try:
+                    code = old.wait(timeout=15)  # fenced at its next request to the group, usually
+                except subprocess.TimeoutExpired:
+                    # noida-db does not always fence a thawed member that was frozen mid-join: it waits
+                    # for an assignment that never comes. Stop it: it commits what it holds, if anything.
+                    os.killpg(old.pid, signal.SIGTERM)
+                    code = wait_or_dump(old, 120)
                 members.exits.append((f"{name} (zombie)", code))
                 done["zombies"] += 1
             elif action == "join-s2":
@@ -206,7 +233,7 @@ def test_members_killed_frozen_and_restarted_at_random_while_producing_write_eve
                 os.killpg(process.pid, signal.SIGKILL)
         producer.join(timeout=120)
     print(f"{done}; exits of stopped members: {members.exits}")
-    # A member stopped with SIGTERM exits 0; a thawed zombie exits 0 (it committed or found its
-    # batch stale) or 1 (fenced: another process holds its group.instance.id).
+    # A member stopped with SIGTERM exits 0; a thawed zombie exits 0 (stopped: it committed what it
+    # held or found it stale) or 1 (fenced: another process holds its group.instance.id).
     assert all(code in (0, 1) for _, code in members.exits), members.exits
     assert_exactly_once(uri, storage, range(total))
