@@ -10,7 +10,7 @@ import click
 
 from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options, stop_on_signals
-from lakesink.config import CommitInterval, parse_duration
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, CommitInterval, parse_duration
 from lakesink.errors import LakesinkError
 
 if TYPE_CHECKING:
@@ -61,6 +61,14 @@ _METADATA = ("key", "topic", "partition", "offset", "timestamp")
     help="When retention deleted messages the table needs next: go on from the oldest message left (reported) "
     "instead of stopping. Those messages are lost to the table.",
 )  # fmt: skip
+@click.option(
+    "--max-record-bytes", type=click.IntRange(min=1), metavar="BYTES", default=DEFAULT_MAX_RECORD_BYTES,
+    help=f"Largest message value taken as a record; a larger one is a bad message. Default {DEFAULT_MAX_RECORD_BYTES} (8 MiB).",
+)  # fmt: skip
+@click.option(
+    "--unavailable-after", metavar="DURATION", default="60s", show_default=True,
+    help="Exit 75 (transient: rerun) once no broker has answered for this long.",
+)  # fmt: skip
 @click.option("--partition-by", multiple=True, help="Partition column (repeatable); only when creating the table.")
 @click.option("--evolve-schema", is_flag=True, help="Add new fields of the messages to the table as nullable columns.")
 @click.option(
@@ -86,6 +94,8 @@ def kafka_command(
     consumer_pairs: tuple[str, ...],
     bad_records: str | None,
     accept_gap: bool,
+    max_record_bytes: int,
+    unavailable_after: str,
     partition_by: tuple[str, ...],
     evolve_schema: bool,
     status_only: bool,
@@ -129,6 +139,8 @@ def kafka_command(
         options = KafkaOptions(
             bootstrap=bootstrap, topics=tuple(topics), group=group, start=start,  # type: ignore[arg-type]
             consumer_options=consumer_options, columns=tuple(dict.fromkeys(columns)), accept_gap=accept_gap,
+            max_record_bytes=max_record_bytes,
+            unavailable_after=parse_duration(unavailable_after, what="--unavailable-after"),
         )  # fmt: skip
     except LakesinkError as exc:
         raise click.BadParameter(str(exc)) from exc
