@@ -15,6 +15,8 @@ prometheus_client); a Python user can read `METRICS.samples()` or export them th
     lakesink_in_flight_bytes                           rows read and not yet written (ingest's memory budget in use)
     lakesink_source_lag_files{app_id,table}            a watched file source's files not ingested yet
     lakesink_source_lag_bytes{app_id,table}            ... their bytes; for `cdc`, WAL bytes not yet acknowledged
+    lakesink_source_offset{app_id,table,partition}     for `kafka`: the last offset of the partition in the table
+    lakesink_source_lag_messages{app_id,table,partition}  for `kafka`: offsets after it, up to the high watermark last seen
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ _HELP = {
     "lakesink_in_flight_bytes": "Rows read and not yet written (bytes).",
     "lakesink_source_lag_files": "Source files not ingested yet.",
     "lakesink_source_lag_bytes": "Source bytes not ingested (or WAL bytes not acknowledged) yet.",
+    "lakesink_source_offset": "The last offset of a source partition the table holds.",
+    "lakesink_source_lag_messages": "Offsets of a source partition after the table's, up to the high watermark last seen.",
 }
 
 

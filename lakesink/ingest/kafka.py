@@ -242,7 +242,11 @@ class _Consumer:
         if applied and self.source is not None:
             self.source.commit_group_offsets(applied)
         for p, offset in applied.items():
-            METRICS.set("lakesink_kafka_committed_offset", offset, app_id=self.sink.app_id, partition=p.key)
+            labels = {"app_id": self.sink.app_id, "table": self.sink.uri, "partition": p.key}
+            METRICS.set("lakesink_source_offset", offset, **labels)
+            high = self.source.cached_high(p) if self.source is not None else None
+            if high is not None:
+                METRICS.set("lakesink_source_lag_messages", max(0, high - offset - 1), **labels)
 
 
 def _after(fetched: Fetched, offset: int) -> Fetched:

@@ -272,6 +272,15 @@ class KafkaSource:
             raise self._unavailable(f"reading the watermarks of {partition.key}")
         return int(marks[0]), int(marks[1])
 
+    def cached_high(self, partition: KafkaPartition) -> int | None:
+        """The high watermark the last fetch of `partition` reported (no request; None if unknown)."""
+        tp = self._ck.TopicPartition(partition.topic, partition.partition)
+        try:
+            marks = self._consumer.get_watermark_offsets(tp, cached=True)
+        except self._ck.KafkaException:
+            return None
+        return int(marks[1]) if marks is not None and marks[1] >= 0 else None
+
     def group_offsets(self, partitions: Sequence[KafkaPartition]) -> dict[KafkaPartition, int | None]:
         """The group's committed offset of each partition (the next to read; None: none).
 
