@@ -25,23 +25,48 @@ def _older_than(ctx: click.Context, param: click.Parameter, value: str) -> timed
 @click.command("status")
 @click.argument("table")
 @click.option("--source", metavar="SOURCE", help="The file source the table's jobs ingest: show each one's lag behind it.")
+@click.option(
+    "--kafka", "bootstrap", metavar="HOST:PORT", help="The Kafka brokers of a `lakesink kafka` job: show its partitions' lag."
+)
+@click.option("--topic", "topics", multiple=True, help="With --kafka: the job's topic (repeatable).")
+@click.option("--group", help="With --kafka: the job's consumer group (its offsets are read, the group is not joined).")
+@click.option("--app-id", help="With --kafka: the job's app id.")
+@click.option(
+    "--consumer-option", "consumer_pairs", multiple=True, metavar="KEY=VALUE", help="With --kafka: a librdkafka setting."
+)
 @click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE", help=STORAGE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: table_version, files, rows, positions, apps, ...")
-def status_command(table: str, source: str | None, storage_pairs: tuple[str, ...], as_json: bool) -> None:
+def status_command(
+    table: str,
+    source: str | None,
+    bootstrap: str | None,
+    topics: tuple[str, ...],
+    group: str | None,
+    app_id: str | None,
+    consumer_pairs: tuple[str, ...],
+    storage_pairs: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Show TABLE's version, files, rows and every app id's committed position.
 
     \b
     For a file source's app id: the file and record it stands at and when it last committed;
-    with --source, how many files and bytes are left to ingest (its lag).
+    with --source, how many files and bytes are left to ingest (its lag). For a Kafka job
+    (--kafka HOST:PORT --topic T --group G --app-id ID): per partition, the table's offset, the
+    group's, the high watermark and the lag.
     """
     from lakesink.maintenance.status import table_status
 
+    if bootstrap is not None and not (topics and group and app_id):
+        raise click.UsageError("--kafka needs --topic, --group and --app-id (the job's)")
     try:
-        status = table_status(table, storage_options=parse_storage_options(storage_pairs), source=source)
+        options = parse_storage_options(storage_pairs)
+        status = table_status(table, storage_options=options, source=source)
+        kafka = _kafka_status(table, bootstrap, topics, group, app_id, consumer_pairs, options) if bootstrap else None
     except LakesinkError as exc:
         fail(exc, as_json)
     if as_json:
-        click.echo(json.dumps(status.to_dict()))
+        click.echo(json.dumps({**status.to_dict(), **({"kafka": kafka} if kafka is not None else {})}))
         return
     click.echo(f"table      {status.table_uri}")
     click.echo(f"version    {status.table_version}")
@@ -60,6 +85,26 @@ def status_command(table: str, source: str | None, storage_pairs: tuple[str, ...
         if app.lag_files is not None:
             line += f"; behind the source: {app.lag_files} files, {app.lag_bytes} bytes"
         click.echo(line)
+    if kafka is not None:
+        click.echo(f"kafka      group {kafka['group']}: lag {kafka['lag']} messages in all")
+        for p in kafka["partitions"]:  # type: ignore[attr-defined]
+            click.echo(
+                f"  {p['topic']}/{p['partition']}: table {p['table_offset']}, group {p['group_offset']}, "
+                f"high watermark {p['high_watermark']}, lag {p['lag']}"
+            )
+
+
+def _kafka_status(
+    table: str, bootstrap: str, topics: tuple[str, ...], group: str | None, app_id: str | None,
+    consumer_pairs: tuple[str, ...], storage: dict[str, str],
+) -> dict[str, object]:  # fmt: skip
+    from lakesink.ingest.kafka import kafka_status
+    from lakesink.sources.kafka_client import KafkaOptions
+
+    assert group is not None and app_id is not None  # checked by the caller
+    consumer = parse_storage_options(consumer_pairs)
+    options = KafkaOptions(bootstrap=bootstrap, topics=topics, group=group, consumer_options=consumer)
+    return kafka_status(table, options, app_id=app_id, storage_options=storage)
 
 
 @click.command("gc")
