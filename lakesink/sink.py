@@ -227,16 +227,11 @@ class Sink:
             return self._write_keyed(arrow, mode, position=position, previous=previous)
         handle, fitted = self._fit_to_table(arrow)
         partition_by = handle.partition_columns()
-        stats = StatsColumns.of_table(handle.configuration())
-        existing: list[tuple[str, bytes]] = []
-        staged = stage_batch(
-            self.store, fitted.table, app_id=self.app_id, position=position, partition_by=partition_by, stats=stats,
-            existing=existing,
-        )  # fmt: skip
+        staged, existing = self._stage(handle, fitted.table, position=position)
         if existing:
-            done = self._restage(handle, existing, position=position, previous=previous)
-            if done is not None:
-                return done
+            decided = self._restage(handle, existing, [Claim(self.app_id, position, previous)])
+            if decided is not None and decided[0] is not None:
+                return decided[0]
         log.debug(
             "staged position %d of %r: %d files, %d rows, %d bytes",
             position, self.app_id, len(staged), fitted.table.num_rows, sum(f.size for f in staged),
@@ -314,23 +309,11 @@ class Sink:
             ) from exc
         handle, fitted = self._fit_to_table(together)
         partition_by = handle.partition_columns()
-        stats = StatsColumns.of_table(handle.configuration())
-        position = max(c.position for c in claims)
-        existing: list[tuple[str, bytes]] = []
-        staged = stage_batch(
-            self.store, fitted.table, app_id=self.app_id, position=position, partition_by=partition_by, stats=stats,
-            existing=existing,
-        )  # fmt: skip
+        staged, existing = self._stage(handle, fitted.table, position=max(c.position for c in claims))
         if existing:
-            # As `_restage`: only when no part was committed meanwhile are they a killed run's orphans.
-            handle.refresh()
-            decided = tuple(
-                settled(handle, c.app_id, c.position, handle.committed_position(c.app_id), c.previous) for c in claims
-            )
-            if any(decided):
+            decided = self._restage(handle, existing, claims)
+            if decided is not None:
                 return CommitOutcome(committed=False, table_version=handle.version(), results=decided), 0
-            for path, body in existing:
-                self.store.write_bytes(path, body)
         crash_point("after_stage")
         outcome = self._committer.commit_claims(
             handle, staged, claims, label=self.app_id, schema=fitted.table.schema, partition_by=partition_by
@@ -417,18 +400,28 @@ class Sink:
         self._handle = handle
         return self.commit_files([], position=position, previous=previous, schema=handle.arrow_schema())
 
+    def _stage(self, handle: TableHandle, rows: pa.Table, *, position: int) -> tuple[list[StagedFile], list[tuple[str, bytes]]]:
+        """`rows` (fitted to the table) as Parquet files on the store, and those of them already there."""
+        existing: list[tuple[str, bytes]] = []
+        staged = stage_batch(
+            self.store, rows, app_id=self.app_id, position=position, partition_by=handle.partition_columns(),
+            stats=StatsColumns.of_table(handle.configuration()), existing=existing,
+        )  # fmt: skip
+        return staged, existing
+
     def _restage(
-        self, handle: TableHandle, existing: list[tuple[str, bytes]], *, position: int, previous: int | AnyPrevious | None
-    ) -> WriteResult | None:
+        self, handle: TableHandle, existing: list[tuple[str, bytes]], claims: Sequence[Claim]
+    ) -> tuple[WriteResult | None, ...] | None:
         """Files of this batch are on the store already (named by their content). Either another
-        writer committed this position since our snapshot (they may be named by its commit: never
-        overwrite them, skip), or a killed run staged them and they are orphans (rewrite them, so
-        `lakesink gc` sees them young and leaves them until this commit names them)."""
+        writer committed one of its positions since our snapshot (they may be named by its commit:
+        never overwrite them; the decisions are returned), or a killed run staged them and they are
+        orphans (rewrite them, so `lakesink gc` sees them young and leaves them until this commit
+        names them; None)."""
         handle.refresh()
-        done = settled(handle, self.app_id, position, handle.committed_position(self.app_id), previous)
-        if done is not None:
-            return done
-        log.info("position %d of %r: rewriting %d file(s) a killed run left on the store", position, self.app_id, len(existing))
+        decided = tuple(settled(handle, c.app_id, c.position, handle.committed_position(c.app_id), c.previous) for c in claims)
+        if any(decided):
+            return decided
+        log.info("%s: rewriting %d file(s) a killed run left on the store", [c.app_id for c in claims], len(existing))
         for path, body in existing:
             self.store.write_bytes(path, body)
         return None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
 
 import click
 
 from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options, stop_on_signals
+from lakesink.cli.progress import Heartbeat
 from lakesink.config import CommitInterval, parse_duration
 from lakesink.errors import LakesinkError
 
@@ -110,30 +110,18 @@ def cdc_command(
             report = capture_changes(
                 dsn, root, app_id=app_id, slot=slot, publication=publication, snapshot=snapshot, until_idle=idle,
                 interval=interval, storage_options=options, evolve_schema=evolve_schema, changelog=changelog, stop=stop,
-                progress=None if as_json else _Progress(),
+                progress=None if as_json else Heartbeat(_heartbeat),
             )  # fmt: skip
     except LakesinkError as exc:
         fail(exc, as_json)
     click.echo(json.dumps({"ok": True, **report.to_dict()}) if as_json else _summary(report))
 
 
-class _Progress:
-    """A line on stderr after a batch commits, at most every 10 s (a long-running job's heartbeat)."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self.last = 0.0
-
-    def __call__(self, report: CdcReport) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        click.echo(
-            f"{report.transactions} transactions, {report.changes} changes, {report.commits} commits in "
-            f"{report.seconds:.0f} s; PostgreSQL may recycle WAL before {report.to_dict()['acknowledged_lsn']}",
-            err=True,
-        )
+def _heartbeat(report: CdcReport) -> str:
+    return (
+        f"{report.transactions} transactions, {report.changes} changes, {report.commits} commits in "
+        f"{report.seconds:.0f} s; PostgreSQL may recycle WAL before {report.to_dict()['acknowledged_lsn']}"
+    )
 
 
 def _summary(report: CdcReport) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
 
 import click
 
 from lakesink.cli.metrics import METRICS_HELP_FILE, METRICS_HELP_HOST, METRICS_HELP_PORT, MetricsExport
 from lakesink.cli.output import STORAGE_HELP, fail, parse_storage_options, stop_on_signals
+from lakesink.cli.progress import Heartbeat
 from lakesink.config import DEFAULT_MAX_RECORD_BYTES, CommitInterval, parse_duration
 from lakesink.errors import LakesinkError
 
@@ -158,30 +158,18 @@ def kafka_command(
             report = consume_kafka(
                 table, options, app_id=app_id, interval=interval, until_idle=idle, storage_options=storage,
                 partition_by=list(partition_by) or None, evolve_schema=evolve_schema, bad_records=bad_records, stop=stop,
-                progress=None if as_json else _Progress(),
+                progress=None if as_json else Heartbeat(_heartbeat),
             )  # fmt: skip
     except LakesinkError as exc:
         fail(exc, as_json)
     click.echo(json.dumps({"ok": True, **report.to_dict()}) if as_json else _summary(report))
 
 
-class _Progress:
-    """A line on stderr after a batch commits, at most every 10 s (a long-running job's heartbeat)."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self.last = 0.0
-
-    def __call__(self, report: KafkaReport) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        click.echo(
-            f"{report.messages} messages, {report.rows} rows, {report.bad_records} bad, {report.commits} commits in "
-            f"{report.seconds:.0f} s; partitions held: {len(report.partitions)}",
-            err=True,
-        )
+def _heartbeat(report: KafkaReport) -> str:
+    return (
+        f"{report.messages} messages, {report.rows} rows, {report.bad_records} bad, {report.commits} commits in "
+        f"{report.seconds:.0f} s; partitions held: {len(report.partitions)}"
+    )
 
 
 def _summary(report: KafkaReport) -> str:

@@ -5,12 +5,32 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import click
 
 if TYPE_CHECKING:
     from lakesink.ingest.report import IngestProgress
+
+
+R = TypeVar("R")
+
+
+class Heartbeat(Generic[R]):
+    """A line on stderr after a batch commits, at most every `every` seconds: a long-running job's
+    heartbeat (`lakesink cdc`, `lakesink kafka`); `describe` says what the report holds."""
+
+    def __init__(self, describe: Callable[[R], str], every: float = 10.0) -> None:
+        self._describe = describe
+        self._every = every
+        self._last = 0.0
+
+    def __call__(self, report: R) -> None:
+        now = time.monotonic()
+        if now - self._last < self._every:
+            return
+        self._last = now
+        click.echo(self._describe(report), err=True)
 
 
 class ProgressLines:
