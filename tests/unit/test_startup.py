@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import lakesink
 from lakesink.cli.app import COMMANDS, main
 
-HEAVY = ("pyarrow", "deltalake", "numpy", "polars", "pandas", "boto3", "psycopg2", "prometheus_client", "rich")
+HEAVY = ("pyarrow", "deltalake", "numpy", "polars", "pandas", "boto3", "psycopg2", "prometheus_client", "rich", "ray")
 
 _CLI = """
 import json, sys
