@@ -165,6 +165,7 @@ class DeltaSink(Datasink[StagedTask]):
 
     def on_write_start(self, schema: pa.Schema | None = None) -> None:
         # `schema` is Ray's guess from the first input bundle: not trusted (see the module docstring).
+        self._result = None
         sink = self._open_sink()
         committed = sink.committed_position()
         handle = sink.handle
@@ -217,11 +218,14 @@ class DeltaSink(Datasink[StagedTask]):
                          self.position, self.app_id, result.status, result.reason, len(files))  # fmt: skip
             self._result = result
         finally:
+            self._plan = None  # the next write_datasink with this sink decides afresh
             self._close_sink()
 
     def on_write_failed(self, error: Exception) -> None:
-        log.warning("%s: the load of position %d of %r failed (%s): nothing was committed; files staged by its tasks "
-                    "are left to `lakesink gc`", self.table_uri, self.position, self.app_id, error)  # fmt: skip
+        log.warning("%s: the load of position %d of %r failed (%s); rerunning it commits it once (or finds it committed), "
+                    "and files its tasks staged that no commit names are left to `lakesink gc`", self.table_uri,
+                    self.position, self.app_id, error)  # fmt: skip
+        self._plan = None
         self._close_sink()
 
     def _open_sink(self) -> Sink:

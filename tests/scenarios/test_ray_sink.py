@@ -235,3 +235,20 @@ def test_rows_that_do_not_fit_the_table_commit_nothing_and_new_columns_need_evol
     with pytest.raises(SchemaMismatch, match="value"):
         clash.write_datasink(DeltaSink(uri, app_id="load", position=3))
     assert_exactly_once(uri, None, range(2_000))
+
+
+def test_an_empty_load_records_its_position_in_an_existing_table_and_cannot_create_one(ray_cluster: str, tmp_path: Path) -> None:
+    uri = str(tmp_path / "table")
+    nothing = events(0, 100, blocks=2).filter(lambda row: False)
+    with pytest.raises(TableError, match="no rows to create it"):
+        nothing.write_datasink(DeltaSink(uri, app_id="load", position=1))
+    assert not any(tmp_path.rglob("*.parquet"))
+
+    events(0, 100, blocks=2).write_datasink(DeltaSink(uri, app_id="load", position=1))
+    empty = DeltaSink(uri, app_id="load", position=2)
+    nothing.write_datasink(empty)
+    assert empty.result is not None
+    assert (empty.result.status, empty.result.rows, empty.result.table_version) == ("committed", 0, 2)
+    nothing.write_datasink(empty)  # the same sink again: the position is committed now
+    assert empty.result is not None and empty.result.status == "skipped"
+    assert_exactly_once(uri, None, range(100))
