@@ -25,6 +25,7 @@ creation, schema evolution and checkpoints (`make lint` checks it).
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -567,7 +568,8 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> CommitOutcome:
     write_id = uuid.uuid4().hex
     first_read_version = handle.version()
     races = 0  # entries of other writers with this app id that took the version we tried
-    unanswered = 0  # creates that got no answer (or found the entry being created by another)
+    unanswered = 0  # creates that got no answer, or that found nothing there
+    in_flight = 0  # creates refused in a row while the entry was not readable yet (another's in flight)
     others = 0  # other writers' entries read one by one since the last full refresh
     last_error: BaseException | None = None
     while True:
@@ -595,8 +597,19 @@ def _commit_by_log_entry(job: _Job, log_store: LogStore) -> CommitOutcome:
         if created:
             return _after_own_commit(job, version)
         summary = _read_entry(job, log_store, version, cause=last_error)
+        if summary is None and created is False:
+            # Refused, yet nothing to read: another writer's create of this entry is in flight (S3
+            # answers 409 to a conditional PUT racing one). A concurrent commit, of any app id, not
+            # an unanswered request: only a store that keeps refusing what it never shows gives up.
+            in_flight += 1
+            METRICS.inc("lakesink_commit_conflicts_total", app_id=label, table=handle.uri)
+            if in_flight >= policy.max_attempts:
+                raise job.outcome_unknown(f"log entry {version} was refused {in_flight} times but never readable", last_error)
+            job.sleep(_backoff(policy, in_flight - 1))
+            continue
+        in_flight = 0
         if summary is None:
-            # Nothing there: the create did not land (or another writer's is still in flight).
+            # Nothing there: the create did not land.
             unanswered += 1
             METRICS.inc("lakesink_commit_retries_total", app_id=label, table=handle.uri)
             if unanswered >= policy.max_attempts:
@@ -753,7 +766,9 @@ def _checkpoint_interval(configuration: Mapping[str, str]) -> int:
 
 
 def _backoff(policy: CommitPolicy, attempt: int) -> float:
-    return float(policy.backoff_seconds * (2 ** min(attempt, 6)))
+    # Half of it random: writers that failed together (a store's hiccup, one entry raced) retry apart.
+    base = policy.backoff_seconds * (2 ** min(attempt, 6))
+    return float(base / 2 + random.uniform(0, base / 2))
 
 
 def _landed_ours(handle: TableHandle, write_id: str, *, since: int) -> bool:
