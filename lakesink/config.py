@@ -162,6 +162,56 @@ class WriteConfig:
         return max(1, min(DEFAULT_ROW_GROUP_BYTES, self.in_flight_bytes // 4))
 
 
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard `index` of `count` of a file source (`ingest --shard I/N`, `ingest(..., shard=(I, N))`):
+    the files whose path relative to the source root hashes to `index` (lakesink.sources.files.shard_of).
+
+    N processes with shards 0/N .. N-1/N of one SOURCE each ingest a disjoint part of it, together
+    all of it, each committing its own position (lakesink.layout.shard_app_id).
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        for value in (self.index, self.count):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"a shard is two ints I/N with 0 <= I < N, not {self.index!r}/{self.count!r}")
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ConfigError(f"a shard is I/N with 0 <= I < N (the shards of N processes are 0/N .. N-1/N), not {self}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`I/N`, e.g. `0/4`.
+
+        Raises:
+            ConfigError: anything else, or I outside 0 .. N-1.
+        """
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if match is None:
+            raise ConfigError(f"cannot read the shard {text!r}: use I/N, e.g. 0/4 (the shards of N processes are 0/N .. N-1/N)")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def of(cls, value: Shard | tuple[int, int] | str) -> Shard:
+        """A Shard from itself, an (index, count) pair or `I/N` text.
+
+        Raises:
+            ConfigError: anything else, or an index outside 0 .. count-1.
+        """
+        if isinstance(value, Shard):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, tuple) and len(value) == 2:
+            return cls(*value)
+        raise ConfigError(f"shard must be (I, N) with 0 <= I < N, not {value!r}")
+
+
 # -- keyed writes -----------------------------------------------------------------------------------
 
 

@@ -193,8 +193,8 @@ def changelog_table_uri(root_uri: str, schema: str, table: str) -> str:
 
 # -- txn app ids -------------------------------------------------------------------------------------
 # A job's app id names its `txn`; a job whose source has partitions of its own (Kafka) sets one
-# `txn` per source partition, `<app id>/<part key>`. These names are stable: a rerun finds its
-# positions by them, so never change how they are built.
+# `txn` per source partition, `<app id>/<part key>`, and so does a file source split into shards.
+# These names are stable: a rerun finds its positions by them, so never change how they are built.
 
 
 def part_app_id(app_id: str, key: str) -> str:
@@ -218,6 +218,37 @@ def parse_kafka_part_key(key: str) -> tuple[str, int] | None:
     """(topic, partition) of a `kafka_part_key`, or None if `key` is not one."""
     topic, _, number = key.rpartition("/")
     return (topic, int(number)) if topic and "/" not in topic and number.isdigit() else None
+
+
+def shard_key(index: int, count: int) -> str:
+    """The part key of shard `index` of `count` of a file source (`lakesink ingest --shard I/N`):
+    `shard-<I>-of-<N>`, so its `txn` app id is `<app id>/shard-<I>-of-<N>`. The count is in the
+    name: a job's positions under one count say nothing about the files of a shard under another."""
+    return f"shard-{index}-of-{count}"
+
+
+def parse_shard_key(key: str) -> tuple[int, int] | None:
+    """(index, count) of a `shard_key`, or None if `key` is not one."""
+    match = _SHARD_KEY.fullmatch(key)
+    if match is None:
+        return None
+    index, count = int(match.group(1)), int(match.group(2))
+    return (index, count) if index < count else None
+
+
+def shard_app_id(app_id: str, index: int, count: int) -> str:
+    """The `txn` app id of shard `index` of `count` of the job `app_id`: `<app id>/shard-<I>-of-<N>`."""
+    return part_app_id(app_id, shard_key(index, count))
+
+
+def parse_shard_app_id(txn_app_id: str) -> tuple[str, int, int] | None:
+    """(job app id, index, count) of a `shard_app_id`, or None if `txn_app_id` is not one."""
+    app_id, _, key = txn_app_id.rpartition("/")
+    shard = parse_shard_key(key) if app_id else None
+    return (app_id, *shard) if shard is not None else None
+
+
+_SHARD_KEY = re.compile(r"shard-(0|[1-9][0-9]*)-of-([1-9][0-9]*)")
 
 
 def snapshot_app_id(app_id: str, consistent_point: int) -> str:

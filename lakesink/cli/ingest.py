@@ -19,6 +19,7 @@ from lakesink.config import (
     DEFAULT_MAX_RECORD_BYTES,
     DEFAULT_WRITE_THREADS,
     CommitInterval,
+    Shard,
     WriteConfig,
     parse_duration,
     parse_schema,
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 @click.option(
     "--app-id", required=True, help="Names this job (one per source partition). Its committed position lives in the table's txn."
 )
+@click.option(
+    "--shard", "shard_text", metavar="I/N",
+    help="Ingest only shard I of N of SOURCE (0 <= I < N): the files whose path below SOURCE hashes to I. Run N processes "
+    "with the same SOURCE, TABLE and --app-id and the shards 0/N .. N-1/N, on any machines; each commits under "
+    "ID/shard-I-of-N. N cannot change for a job (refused).",
+)  # fmt: skip
 @click.option(
     "--format", "fmt", type=click.Choice(["ndjson", "csv", "parquet"]), help="Source format; default: from each file's extension."
 )
@@ -115,6 +122,7 @@ def ingest_command(
     source: str,
     table: str,
     app_id: str,
+    shard_text: str | None,
     fmt: Format | None,
     commit_interval: str,
     batch_rows: int | None,
@@ -151,6 +159,7 @@ def ingest_command(
     \b
     Example:
       lakesink ingest ./events/ ./lake/events --app-id events --partition-by day
+      lakesink ingest s3://landing/events s3://lake/events --app-id events --shard 0/4   # and 1/4, 2/4, 3/4
 
     \b
     Speed: reading, Parquet encoding and uploading overlap; memory stays near --in-flight
@@ -175,6 +184,10 @@ def ingest_command(
         schema = _declared(schema_text) if schema_text is not None else None
     except LakesinkError as exc:
         raise click.BadParameter(str(exc)) from exc
+    try:
+        shard = Shard.parse(shard_text) if shard_text is not None else None
+    except LakesinkError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from exc
     storage_options = parse_storage_options(storage_pairs)
     show = sys.stderr.isatty() if progress is None else progress
     with ExitStack() as exports:
@@ -185,11 +198,12 @@ def ingest_command(
         if watch:
             _watch(source, table, app_id=app_id, poll=poll, as_json=as_json, fmt=fmt, write=write, partition_by=partition_by,
                    evolve_schema=evolve_schema, bad_records=bad_records, schema=schema, storage_options=storage_options,
-                   max_record_bytes=max_record_bytes, compact_every=compact_every)  # fmt: skip
+                   max_record_bytes=max_record_bytes, compact_every=compact_every, shard=shard)  # fmt: skip
         else:
             _ingest_once(source, table, app_id=app_id, as_json=as_json, show=show, fmt=fmt, write=write,
                          partition_by=partition_by, evolve_schema=evolve_schema, bad_records=bad_records,
-                         max_record_bytes=max_record_bytes, schema=schema, storage_options=storage_options)  # fmt: skip
+                         max_record_bytes=max_record_bytes, schema=schema, storage_options=storage_options,
+                         shard=shard)  # fmt: skip
 
 
 def _ingest_once(source: str, table: str, *, app_id: str, as_json: bool, show: bool, fmt: Format | None,

@@ -30,6 +30,7 @@ _FLAGS: Mapping[str, tuple[str, bool]] = {
     "evolve_schema": ("--evolve-schema", False),
     "format": ("--format", True),
     "app_id": ("--app-id", True),
+    "shard": ("--shard", True),
     "older_than": ("--older-than", True),
     "storage_options": ("--storage-option", True),
     "schema": ("--schema", True),

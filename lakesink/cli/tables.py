@@ -51,7 +51,8 @@ def status_command(
 
     \b
     For a file source's app id: the file and record it stands at and when it last committed;
-    with --source, how many files and bytes are left to ingest (its lag). For a Kafka job
+    with --source, how many files and bytes are left to ingest (its lag). A shard of a job
+    (ID/shard-I-of-N, from `ingest --shard I/N`) counts files and lag among its own files. For a Kafka job
     (--kafka HOST:PORT --topic T --group G --app-id ID): per partition, the table's offset, the
     group's, the high watermark and the lag.
     """
@@ -78,7 +79,8 @@ def status_command(
     if not status.apps:
         click.echo("positions  (none)")
     for app in status.apps:
-        where = f" = file {app.file_index}, record {app.row_text()}" if app.file_index is not None else ""
+        of = f" of shard {app.shard}" if app.shard is not None else ""
+        where = f" = file {app.file_index}{of}, record {app.row_text()}" if app.file_index is not None else ""
         line = f"app {app.app_id}: position {app.position}{where}, committed {app.last_commit or '?'}"
         if app.last_file:
             line += f", last file {app.last_file}"

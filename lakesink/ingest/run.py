@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from lakesink.config import DEFAULT_MAX_RECORD_BYTES, CommitInterval, WriteConfig, positive_int
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, CommitInterval, Shard, WriteConfig, positive_int
 from lakesink.crashpoints import crash_point
 from lakesink.errors import ConfigError, SchemaMismatch
 from lakesink.ingest.cutter import Group, GroupCutter, end_of
@@ -20,7 +20,8 @@ from lakesink.ingest.pipeline import Emitter, Pipeline
 from lakesink.ingest.quarantine import Quarantine
 from lakesink.ingest.report import IngestProgress, IngestReport
 from lakesink.ingest.resume import refuse_if_txn_expired
-from lakesink.layout import ledger_path
+from lakesink.ingest.shards import check_shard_layout
+from lakesink.layout import ledger_path, shard_app_id
 from lakesink.sink import Sink
 from lakesink.sources.files import Chunk, FilePosition, FileSource, Format
 from lakesink.sources.infer import infer_schema
@@ -48,6 +49,7 @@ def ingest(
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     schema: pa.Schema | None = None,
     storage_options: dict[str, str] | None = None,
+    shard: Shard | tuple[int, int] | str | None = None,
     on_progress: Callable[[IngestProgress], None] | None = None,
     clock: Callable[[], float] = time.time,
     stop: threading.Event | None = None,
@@ -78,16 +80,27 @@ def ingest(
     `stop` (set from a signal handler, say) ends the run early at a commit boundary: the records
     read so far are committed, and a rerun continues after them.
 
+    `shard=(I, N)` (or "I/N") ingests only shard I of N of the source: the files whose path
+    relative to the source root hashes to I (lakesink.sources.files.shard_of), committed under
+    their own app id, `<app_id>/shard-I-of-N` (lakesink.layout.shard_app_id). N processes given
+    the same `source`, `table_uri` and `app_id` and the shards 0..N-1 ingest every file once, on
+    any number of machines; each resumes from its own position. A table holding positions of
+    `app_id` under another split (another N, or none) is refused (lakesink.ingest.shards).
+
     Raises:
         BadRecord: a malformed record (names file and line) without `bad_records`, or a record
             longer than `max_record_bytes`; nothing from its batch is committed.
         SourceContractViolation: an ingested file changed, vanished, or a new one sorts before it.
-        ConfigError: two options that set the same limit, or a bad value.
+        ConfigError: two options that set the same limit, or a bad value; a table holding this
+            job's positions under another split into shards.
         SchemaMismatch, TransientError: see lakesink.errors.
     """
     _write_config(write, commit_interval, batch_rows)  # a bad option fails before anything is listed or read
+    split = Shard.of(shard) if shard is not None else None
     options = StorageOptions.resolve(storage_options)
     files = FileSource(source, format=format, storage_options=options, max_record_bytes=max_record_bytes)
+    if split is not None:
+        files = files.sharded(split)
     return ingest_files(
         files, table_uri, app_id=app_id, batch_rows=batch_rows, commit_interval=commit_interval, write=write,
         partition_by=partition_by, evolve_schema=evolve_schema, bad_records=bad_records, schema=schema,
@@ -112,12 +125,16 @@ def ingest_files(
     clock: Callable[[], float] = time.time,
     stop: threading.Event | None = None,
 ) -> IngestReport:
-    """`ingest` of a source listed already (a watch run lists it itself, and reads a prefix of it)."""
+    """`ingest` of a source listed already (a watch run lists it itself, and reads a prefix of it);
+    of `files.shard` only, under that shard's app id, when the listing is one shard of the source."""
     config = _write_config(write, commit_interval, batch_rows)
     started = time.monotonic()
     keep_block_buffers()
     options = storage_options
     source = files.uri
+    job_app_id = app_id
+    if files.shard is not None:  # from here on, `app_id` is the one the table's txn holds: the shard's
+        app_id = shard_app_id(job_app_id, files.shard.index, files.shard.count)
     if bad_records is not None and normalize_table_uri(bad_records) == normalize_table_uri(table_uri):
         raise ConfigError("bad_records must be another table than the one ingested into (e.g. TABLE_bad)")
     with ExitStack() as stack:
@@ -131,6 +148,7 @@ def ingest_files(
                 clock=clock,
             )
         )
+        check_shard_layout(sink, app_id=job_app_id, shard=files.shard)
         quarantine = None
         if bad_records is not None:
             quarantine = stack.enter_context(

@@ -19,11 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lakesink.commit import compact
-from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_TARGET_FILE_BYTES, positive_int
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, DEFAULT_TARGET_FILE_BYTES, Shard, positive_int
 from lakesink.delta.table import TableHandle
 from lakesink.errors import ConfigError
 from lakesink.ingest.report import IngestReport
 from lakesink.ingest.run import ingest_files
+from lakesink.ingest.shards import check_shard_layout
+from lakesink.layout import shard_app_id
 from lakesink.metrics import METRICS
 from lakesink.sink import Sink
 from lakesink.sources.files import FilePosition, FileSource, Format
@@ -84,13 +86,16 @@ def watch(
     storage_options: dict[str, str] | None = None,
     on_round: Callable[[WatchReport], None] | None = None,
     compact_every: int | None = None,
+    shard: Shard | tuple[int, int] | str | None = None,
     **options: object,
 ) -> WatchReport:
     """Ingest the files at `source` into `table_uri` as they land, until `stop` is set (or after
     `max_rounds` polls); every stop is at a commit boundary. `options` are `ingest`'s (commit
     interval, write config, partitioning, bad records, schema, ...). With `compact_every`, the table's
     small files are compacted (lakesink.commit.compact, a commit of its own that changes no data)
-    between rounds once this run made that many commits since the last compaction.
+    between rounds once this run made that many commits since the last compaction. With `shard`
+    (I, N), only shard I of N of the files is watched, as `ingest` reads it: completeness and order
+    are judged among that shard's files, and it commits under `<app_id>/shard-I-of-N`.
 
     Raises:
         as `ingest`; ConfigError for a poll interval that is not positive.
@@ -101,6 +106,8 @@ def watch(
         positive_int(max_rounds, what="max_rounds")
     if compact_every is not None:
         positive_int(compact_every, what="compact_every", unit="commits")
+    split = Shard.of(shard) if shard is not None else None
+    txn_app_id = shard_app_id(app_id, split.index, split.count) if split is not None else app_id
     compacted_at = 0
     resolved = StorageOptions.resolve(storage_options)
     started = time.monotonic()
@@ -110,14 +117,17 @@ def watch(
     position: int | None = None
 
     def report(stopped: str) -> WatchReport:
-        return WatchReport(source, table_uri, app_id, rounds, ingests, files_read, rows, commits, position, stopped,
+        return WatchReport(source, table_uri, txn_app_id, rounds, ingests, files_read, rows, commits, position, stopped,
                            time.monotonic() - started, last)  # fmt: skip
 
-    with Sink(table_uri, app_id=app_id, storage_options=dict(resolved.values)) as sink:
+    with Sink(table_uri, app_id=txn_app_id, storage_options=dict(resolved.values)) as sink:
+        check_shard_layout(sink, app_id=app_id, shard=split)  # at the start, not once files land
         position = sink.committed_position()
     while not stop.is_set():
         rounds += 1
         files = _listing(source, format, resolved, max_record_bytes)
+        if files is not None and split is not None:
+            files = files.sharded(split)
         listing = [(f.path, f.size, f.mtime_ns) for f in files.files] if files is not None else []
         ready = complete_prefix(listing, seen)
         seen = {path: (size, mtime) for path, size, mtime in listing}
@@ -136,8 +146,8 @@ def watch(
             compacted_at = commits
         covered = FilePosition.decode(position).file_index if position is not None else 0
         left = files.files[covered:] if files is not None else []
-        METRICS.set("lakesink_source_lag_files", len(left), app_id=app_id, table=table_uri)
-        METRICS.set("lakesink_source_lag_bytes", sum(f.size for f in left), app_id=app_id, table=table_uri)
+        METRICS.set("lakesink_source_lag_files", len(left), app_id=txn_app_id, table=table_uri)
+        METRICS.set("lakesink_source_lag_bytes", sum(f.size for f in left), app_id=txn_app_id, table=table_uri)
         if on_round is not None:
             on_round(report(""))
         if max_rounds is not None and rounds >= max_rounds:

@@ -1,5 +1,5 @@
 """What a table holds: version, files, rows, and every app id's committed position (decoded for file
-sources, with the lag behind the source when it is given)."""
+sources, with the lag behind the source when it is given; a shard's against its own files)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 from lakesink.delta.log_reader import txn_actions
 from lakesink.delta.table import TableHandle
 from lakesink.display import dataclass_html
-from lakesink.layout import ledger_path
-from lakesink.sources.files import FileSource
+from lakesink.layout import ledger_path, parse_shard_app_id
+from lakesink.sources.files import FileSource, shard_of
 from lakesink.sources.positions import FilePosition
 from lakesink.sources.records import SourceFile
 from lakesink.storage.objects import ObjectStore, open_store
@@ -25,7 +25,10 @@ from lakesink.storage.uri import normalize_table_uri
 class AppStatus:
     """One app id's committed position. For a file source (a ledger was committed with it): the file
     index and record it stands at and the last file read; with the source given, what is left to
-    ingest (`lag_files`, `lag_bytes`: the files not fully ingested yet, and their size)."""
+    ingest (`lag_files`, `lag_bytes`: the files not fully ingested yet, and their size).
+
+    For a shard of a file source (`<job>/shard-I-of-N`), `shard` is "I/N" and `job` the job's app
+    id: the file index counts the shard's own files, and the lag is behind those."""
 
     app_id: str
     position: int
@@ -35,6 +38,8 @@ class AppStatus:
     last_file: str | None = None
     lag_files: int | None = None
     lag_bytes: int | None = None
+    shard: str | None = None
+    job: str | None = None
 
     def row_text(self) -> str:
         return str(self.record) if self.record is not None else "?"
@@ -104,8 +109,13 @@ def _app_status(store: ObjectStore, app: str, position: int, updated: int | None
     at = FilePosition.decode(position)
     read = [f for f in ledger.get("files", []) if f.get("index", -1) <= at.file_index]
     last_file = max(read, key=lambda f: f["index"])["path"] if read else None
+    sharded = parse_shard_app_id(app)
+    if sharded is not None and listing is not None:
+        _, index, count = sharded
+        listing = [f for f in listing if shard_of(f.path, count) == index]  # positions count the shard's files
     lag_files = lag_bytes = None
     if listing is not None:
         left = listing[at.file_index :]
         lag_files, lag_bytes = len(left), sum(f.size for f in left)
-    return AppStatus(app, position, when, at.file_index, at.row, last_file, lag_files, lag_bytes)
+    shard, job = (f"{sharded[1]}/{sharded[2]}", sharded[0]) if sharded is not None else (None, None)
+    return AppStatus(app, position, when, at.file_index, at.row, last_file, lag_files, lag_bytes, shard, job)

@@ -12,6 +12,13 @@ Position contract (resume needs only the Delta `txn` version):
     same whichever path read it; a record that cannot be read still counts, whether it fails the
     run or is quarantined (`Chunk.rejected`).
 
+Shards (`ingest --shard I/N`): N processes may split one source between them. Shard I of N is
+the files for which `shard_of(path, N) == I`, where `path` is the file's path relative to the source
+root (the folder, the part of a glob before its first wildcard, or the S3 prefix): a hash of the
+name alone, so every machine computes the same split, a file never moves between shards, and a new
+file joins one shard without disturbing the others. A shard is read in path order like a whole
+source, and its positions count its own files: the contract below holds for each shard.
+
 What the contract assumes, and checks: files already (partly) ingested never change, vanish or
 gain a new neighbour sorting before them; new files sort after every committed one. Each commit
 stages a ledger beside the table (lakesink.layout.ledger_path) holding a hash chain
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import hashlib
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
@@ -31,7 +39,7 @@ from dataclasses import replace
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakesink.config import DEFAULT_MAX_RECORD_BYTES, positive_int
+from lakesink.config import DEFAULT_MAX_RECORD_BYTES, Shard, positive_int
 from lakesink.errors import BadRecord, ConfigError, InternalError, SourceContractViolation
 from lakesink.sources.csv_rows import CsvReader
 from lakesink.sources.ledger import ledger_body, verify_ledger
@@ -43,7 +51,7 @@ from lakesink.storage.objects import ObjectInfo, ObjectStore, open_store
 from lakesink.storage.options import StorageOptions
 from lakesink.storage.uri import is_remote
 
-__all__ = ["Chunk", "FilePosition", "FileSource", "Format", "Rejected", "SourceFile"]
+__all__ = ["Chunk", "FilePosition", "FileSource", "Format", "Rejected", "SourceFile", "shard_of"]
 
 _MAX_FILES = 1 << (63 - ROW_BITS)
 # NDJSON files up to this size are parsed together, up to _SMALL_RUN_BYTES and _SMALL_RUN_FILES at a
@@ -64,8 +72,17 @@ _EXTENSIONS: dict[str, Format] = {
 }
 
 
+def shard_of(path: str, count: int) -> int:
+    """The shard (0 .. count-1) that file `path` (relative to the source root, `/`-separated)
+    belongs to: the first 8 bytes of the SHA-256 of its UTF-8 bytes, as a big-endian unsigned
+    int, modulo `count`. Fixed forever: it decides which process ingests a file, and a changed
+    hash would hand ingested files to shards whose positions do not cover them."""
+    return int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:8], "big") % count
+
+
 class FileSource:
-    """The files under `uri` (local folder or glob, or `s3://bucket/prefix[/glob]`), listed once."""
+    """The files under `uri` (local folder or glob, or `s3://bucket/prefix[/glob]`), listed once;
+    or one shard of them (`sharded`)."""
 
     def __init__(
         self,
@@ -95,11 +112,23 @@ class FileSource:
         if not infos:
             raise ConfigError(f"no files found at {uri}: check the path or glob (names starting with '.' or '_' are skipped)")
         self.files = [_source_file(i, format) for i in infos]
+        self.shard: Shard | None = None
         if len(self.files) >= _MAX_FILES:
             raise ConfigError(f"{uri} holds {len(self.files)} files; a file source takes at most {_MAX_FILES - 1}")
 
     def __repr__(self) -> str:
-        return f"FileSource({self.uri!r}, files={len(self.files)})"
+        shard = f", shard={self.shard}" if self.shard is not None else ""
+        return f"FileSource({self.uri!r}, files={len(self.files)}{shard})"
+
+    def sharded(self, shard: Shard) -> FileSource:
+        """Shard `shard.index` of `shard.count` of this listing: its files for which `shard_of` is the
+        index, in path order (possibly none). Positions and ledgers then count these files only."""
+        if self.shard is not None:
+            raise ConfigError(f"{self.uri} is shard {self.shard} already")
+        clone = copy.copy(self)
+        clone.files = [f for f in self.files if shard_of(f.path, shard.count) == shard.index]
+        clone.shard = shard
+        return clone
 
     def first(self, count: int) -> FileSource:
         """The same source with only its first `count` files (in name order): what a watch run may read
