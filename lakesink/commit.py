@@ -661,7 +661,7 @@ def _after_own_commit(job: _Job, version: int, *, reason: str = "") -> CommitOut
     handle = job.handle
     crash_point("after_commit")
     handle.advance(version, job.txns())
-    log.debug("committed %s: %d files, version %d", job.describe(), len(job.staged), version)
+    log.debug("created log entry %d: %s, %d files", version, job.describe(), len(job.staged))
     _checkpoint_if_due(job, version, version)
     return job.committed(reason=reason)
 
@@ -728,7 +728,7 @@ def _commit_through_delta_rs(job: _Job, attempt_commit: Callable[[int, str], Non
             # writer got in first, ours is the version after the one we read.
             _checkpoint_if_due(job, read_version + 1, handle.version())
         log.debug(
-            "committed %s: %d files, %d rows, version %d",
+            "delta-rs committed %s: %d files, %d rows, version %d",
             job.describe(), len(job.staged), sum(f.num_records for f in job.staged), handle.version(),
         )  # fmt: skip
         return job.committed()
