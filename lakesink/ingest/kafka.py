@@ -132,6 +132,7 @@ class _Consumer:
         self.held: dict[KafkaPartition, _Partition] = {}
         self.source: KafkaSource | None = None
         self.batch_started: float | None = None
+        self.rebalanced: float | None = None  # when partitions last came or went (None: never yet)
 
     # -- the source's callbacks (called inside poll) ------------------------------------------------
 
@@ -143,6 +144,7 @@ class _Consumer:
         for p, offset in offsets.items():
             self.held[p] = _Partition(previous=offset)
             self.counters.committed[p] = offset
+        self.rebalanced = time.monotonic()
         log.info("assigned %s; the table holds %s", [p.key for p in partitions], {p.key: o for p, o in offsets.items()})
         return offsets
 
@@ -155,6 +157,7 @@ class _Consumer:
             log.warning("lost %s: dropping what was read of them (another member re-reads it)", [p.key for p in mine])
         for p in mine:
             del self.held[p]
+        self.rebalanced = time.monotonic()
 
     # -- batches ------------------------------------------------------------------------------------
 
@@ -218,6 +221,8 @@ class _Consumer:
         for d, r in zip(decoded, result.parts, strict=True):
             state = self.held[d.partition]
             state.fetched, state.messages, state.nbytes = [], 0, 0
+            if r.reason:
+                log.info("%s: %s", d.partition.key, r.reason)  # e.g. a lost answer the log showed had landed
             if r.status == "committed":
                 state.previous = d.last_offset
                 applied[d.partition] = d.last_offset
@@ -332,11 +337,11 @@ def _run(
     progress: Callable[[KafkaReport], None] | None,
     report: Callable[[str], KafkaReport],
 ) -> str:
-    last_message = time.monotonic()
+    started = last_message = time.monotonic()
     while True:
         now = time.monotonic()
         limit = max_messages is not None and consumer.counters.messages >= max_messages
-        idle = until_idle is not None and now - last_message >= until_idle
+        idle = until_idle is not None and _idle_for(now, last_message, consumer.rebalanced, started) >= until_idle
         if consumer.due(interval, now) or stop.is_set() or limit or idle:
             consumer.flush()
             if progress is not None:
@@ -349,6 +354,19 @@ def _run(
         if fetched:
             last_message = time.monotonic()
             consumer.add(fetched)
+
+
+# Before its first assignment a member waits at least this long for one before it counts as idle: a
+# group's first join can take seconds (Kafka's group.initial.rebalance.delay.ms is 3 s by default).
+_FIRST_ASSIGNMENT_GRACE = 10.0
+
+
+def _idle_for(now: float, last_message: float, rebalanced: float | None, started: float) -> float:
+    """How long the member has been idle: since its last message or its last rebalance; before its
+    first assignment, only what exceeds the grace period for the first join."""
+    if rebalanced is None:
+        return now - started - _FIRST_ASSIGNMENT_GRACE
+    return now - max(last_message, rebalanced)
 
 
 def _report(consumer: _Consumer, source: KafkaSource, stopped: str, *, started: float, app_id: str) -> KafkaReport:
@@ -378,8 +396,10 @@ def kafka_status(
     table_uri: str, options: KafkaOptions, *, app_id: str, storage_options: Mapping[str, str] | None = None
 ) -> dict[str, object]:
     """Per partition of `options.topics`: the table's offset (the last message it holds), the
-    group's committed offset (next to read), the high watermark and the lag (messages the table
-    does not hold yet), as JSON-ready values. Reads only: joins no group, commits nothing."""
+    group's committed offset (next to read), the high watermark and the lag (offsets after the
+    table's, up to the high watermark: messages not in the table yet, and on a transactional topic
+    the markers and aborted messages among them, so a caught-up transactional partition shows a
+    small lag), as JSON-ready values. Reads only: joins no group, commits nothing."""
     with Sink(table_uri, app_id=app_id, storage_options=dict(storage_options or {})) as sink:
         offsets = partition_offsets(options)
         rows = []
