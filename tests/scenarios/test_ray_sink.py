@@ -75,10 +75,10 @@ def test_a_ray_load_commits_every_id_exactly_once_and_a_rerun_with_the_same_posi
     ray_cluster: str, table_uri: str, storage_options: dict[str, str], tmp_path: Path
 ) -> None:
     sink = DeltaSink(table_uri, app_id="backfill", position=1, storage_options=storage_options, partition_by=["day"])
-    events(0, ROWS).write_datasink(sink)
+    events(0, ROWS).write_datasink(sink)  # the blocks gathered into one write task (min_bytes_per_task)
     assert sink.result is not None and sink.result.status == "committed"
     assert (sink.result.table_version, sink.result.rows) == (1, ROWS)
-    assert sink.result.files == len(table_files(table_uri, storage_options)) >= 3  # a file per day per task
+    assert sink.result.files == len(table_files(table_uri, storage_options)) == 3  # a file per day
     assert_one_load_commit(table_uri, storage_options)
     assert_exactly_once(table_uri, storage_options, range(ROWS))
     files = table_files(table_uri, storage_options)
@@ -96,8 +96,8 @@ def test_a_ray_load_commits_every_id_exactly_once_and_a_rerun_with_the_same_posi
     for i in range(5):
         ids = np.arange(ROWS + i * 10_000, ROWS + (i + 1) * 10_000)
         pq.write_table(pa.table({"id": ids, "value": ids * 3, "day": ids % 3}), source / f"part-{i}.parquet")
-    more = DeltaSink(table_uri, app_id="backfill", position=2, storage_options=storage_options)
-    ray.data.read_parquet(str(source)).write_datasink(more)  # read and write fused: one task per file
+    more = DeltaSink(table_uri, app_id="backfill", position=2, storage_options=storage_options, min_bytes_per_task=None)
+    ray.data.read_parquet(str(source)).write_datasink(more)  # read and write fused: a task per read task
     assert more.result is not None and more.result.status == "committed" and more.result.table_version == 2
     assert_exactly_once(table_uri, storage_options, range(ROWS + 50_000))
 
@@ -151,13 +151,13 @@ def test_a_failed_worker_task_is_retried_and_only_the_attempt_that_reached_the_d
             return batch
 
         dataset = events(0, ROWS).map_batches(fail_once, batch_size=1_000, ray_remote_args_fn=lambda: dict(RETRY_EXCEPTIONS))
-        sink = DeltaSink(table_uri, app_id="load", position=7, storage_options=storage_options)
+        sink = DeltaSink(table_uri, app_id="load", position=7, storage_options=storage_options, min_bytes_per_task=None)
     else:
         dataset = events(0, ROWS)
         fault_of = raise_after_staging if fault == "write raises after staging" else killed_after_staging
         sink = FailingOnce(
             table_uri, app_id="load", position=7, storage_options=storage_options, partition_by=["day"],
-            after_write=fault_of(marker),
+            min_bytes_per_task=None, after_write=fault_of(marker),
         )  # fmt: skip
     dataset.write_datasink(sink, ray_remote_args=remote_args)
 
@@ -178,7 +178,7 @@ from lakesink.ray import DeltaSink
 from tests.scenarios.test_ray_sink import events
 address, uri, options = json.loads(sys.argv[1])
 ray.init(address=address, log_to_driver=False)
-events(0, {rows}).write_datasink(DeltaSink(uri, app_id="load", position=1, storage_options=options))
+events(0, {rows}).write_datasink(DeltaSink(uri, app_id="load", position=1, storage_options=options, min_bytes_per_task=None))
 """
 
 
