@@ -27,7 +27,7 @@ at the start of every run). Every run's output is counted afterwards (Delta numR
 footers): a run that lost or doubled rows FAILs. Runs are interleaved by repetition.
 
 Output: benchmarks/results/ray_load.json and ray_load.md (also printed); `--gb N` (N != 1) writes
-ray_load-<N>gb.*, `--quick` ray_load-quick.*.
+ray_load-<N>gb.*, `--quick` ray_load-quick.*; with a subset of `--kinds` or `--formats`, `-subset` is added.
 """
 
 from __future__ import annotations
@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {FILES} files x {rows_per_file:,} rows as {formats} in {args.cache}", file=sys.stderr, flush=True)
     datasets = ensure(args.cache, files=FILES, rows_per_file=rows_per_file, formats=FORMATS)
     name = "ray_load-quick" if args.quick else ("ray_load" if gb == 1 else f"ray_load-{gb:g}gb")
+    if kinds != list(KINDS) or formats != list(FORMATS):
+        name += "-subset"  # never overwrite the full results a README quotes
     runs: list[dict[str, Any]] = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lakesink-ray-load-") as tmp:
