@@ -161,7 +161,8 @@ class _Consumer:
 
     # -- batches ------------------------------------------------------------------------------------
 
-    def add(self, fetched: Sequence[Fetched]) -> None:
+    def add(self, fetched: Sequence[Fetched], since: float | None = None) -> None:
+        """Hold `fetched`; `since`: the earliest they can have arrived (a new batch's age counts from there)."""
         for f in fetched:
             state = self.held.get(f.partition)
             if state is None:
@@ -178,7 +179,7 @@ class _Consumer:
             state.nbytes += f.nbytes
             self.counters.messages += len(f)
             if self.batch_started is None:
-                self.batch_started = time.monotonic()
+                self.batch_started = since if since is not None else time.monotonic()
 
     def gathered(self) -> tuple[int, int]:
         return sum(s.messages for s in self.held.values()), sum(s.nbytes for s in self.held.values())
@@ -338,6 +339,7 @@ def _run(
     report: Callable[[str], KafkaReport],
 ) -> str:
     started = last_message = time.monotonic()
+    drained = started  # when a poll last returned: the messages it did not hand over arrived after it
     while True:
         now = time.monotonic()
         limit = max_messages is not None and consumer.counters.messages >= max_messages
@@ -349,11 +351,16 @@ def _run(
             if stop.is_set() or limit or idle:
                 return "signal" if stop.is_set() else ("limit" if limit else "idle")
         wait = 0.5 if until_idle is None else max(0.05, min(0.5, until_idle - (now - last_message)))
+        if consumer.batch_started is not None and interval.seconds is not None:
+            # Back when the batch falls due, not up to `wait` later: a poll asking for more messages
+            # than arrive within `wait` returns only at its timeout.
+            wait = max(0.01, min(wait, consumer.batch_started + interval.seconds - now))
         want = _POLL_MESSAGES if max_messages is None else max(1, min(_POLL_MESSAGES, max_messages - consumer.counters.messages))
         fetched = source.poll(max_messages=want, timeout=wait)
         if fetched:
             last_message = time.monotonic()
-            consumer.add(fetched)
+            consumer.add(fetched, since=drained)
+        drained = time.monotonic()
 
 
 # Before its first assignment a member waits at least this long for one before it counts as idle: a
