@@ -100,6 +100,14 @@ class CommitInterval:
         if self.rows is None and self.bytes is None and self.seconds is None:
             raise ConfigError("CommitInterval needs a limit (rows, bytes or seconds); without one a run commits only at its end")
 
+    def reached(self, *, rows: int, nbytes: int, seconds: float) -> bool:
+        """Whether a group of `rows` records, `nbytes` bytes, open `seconds`, is due to commit."""
+        return (
+            (self.rows is not None and rows >= self.rows)
+            or (self.bytes is not None and nbytes >= self.bytes)
+            or (self.seconds is not None and seconds >= self.seconds)
+        )
+
     @classmethod
     def parse(cls, spec: str) -> CommitInterval:
         """`500000rows`, `512MB`, `30s`, or several joined by commas (`1GB,60s`): the limits to set.

@@ -374,10 +374,8 @@ def _run(
     while True:
         now = time.monotonic()
         if not assembler.in_transaction:
-            due = assembler.transactions and batch_started is not None and (
-                (interval.rows is not None and assembler.rows >= interval.rows)
-                or (interval.bytes is not None and assembler.bytes >= interval.bytes)
-                or (interval.seconds is not None and now - batch_started >= interval.seconds)
+            due = bool(assembler.transactions) and batch_started is not None and interval.reached(
+                rows=assembler.rows, nbytes=assembler.bytes, seconds=now - batch_started
             )
             limit = max_transactions is not None and counters.transactions + assembler.transactions >= max_transactions
             idle = until_idle is not None and now - last_message >= until_idle

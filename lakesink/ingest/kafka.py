@@ -188,11 +188,7 @@ class _Consumer:
         if self.batch_started is None:
             return False
         messages, nbytes = self.gathered()
-        return (
-            (interval.rows is not None and messages >= interval.rows)
-            or (interval.bytes is not None and nbytes >= interval.bytes)
-            or (interval.seconds is not None and now - self.batch_started >= interval.seconds)
-        )
+        return interval.reached(rows=messages, nbytes=nbytes, seconds=now - self.batch_started)
 
     def flush(self, partitions: Sequence[KafkaPartition] | None = None) -> None:
         """Commit the messages read of `partitions` (all held ones by default) as one commit."""
